@@ -1,0 +1,57 @@
+"""Layer classes injected into the architectures (the ComfyUI `operations` pattern).
+
+The transformer and VAE build every parameterised layer from an `ops` namespace instead of `torch.nn` directly, so
+storage precision (fp8 for qfloat8) and placement (offload) are decided here, never inside the blocks. The default
+namespace, `cast`, casts each weight/bias to the input's dtype and device at call time: a no-op when they already
+match, and an upcast when weights are stored in fp8 and activations run in bf16/fp32.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def cast_like(param: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+    """Return `param` in `like`'s dtype and device (a view-free no-op when both already match)."""
+    if param is None:
+        return None
+    if param.dtype == like.dtype and param.device == like.device:
+        return param
+    return param.to(device=like.device, dtype=like.dtype, non_blocking=True)
+
+
+class Linear(nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, cast_like(self.weight, x), cast_like(self.bias, x))
+
+
+class Conv2d(nn.Conv2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, cast_like(self.weight, x), cast_like(self.bias, x))
+
+
+class Conv3d(nn.Conv3d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, cast_like(self.weight, x), cast_like(self.bias, x))
+
+
+class LayerNorm(nn.LayerNorm):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.normalized_shape, cast_like(self.weight, x), cast_like(self.bias, x), self.eps)
+
+
+class GroupNorm(nn.GroupNorm):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.group_norm(x, self.num_groups, cast_like(self.weight, x), cast_like(self.bias, x), self.eps)
+
+
+cast = SimpleNamespace(Linear=Linear, Conv2d=Conv2d, Conv3d=Conv3d, LayerNorm=LayerNorm, GroupNorm=GroupNorm)
+
+
+def resolve(ops: SimpleNamespace | None) -> SimpleNamespace:
+    """The namespace a constructor should use: the one given, else the default casting layers."""
+    return cast if ops is None else ops

@@ -1,0 +1,113 @@
+"""The one module that talks to ComfyUI (`comfy.*`, `folder_paths`).
+
+Everything here also works without ComfyUI (plain pytest, the headless tools): progress becomes a no-op, interrupt
+never fires, the device is the CPU and model folders come only from environment overrides. Node modules import from
+here; `models/` never imports ComfyUI at all.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+# ComfyUI model-folder keys this pack registers, and their sub-folder under ComfyUI/models/.
+EASYANIMATE_FOLDER = "EasyAnimate"
+ANNOTATORS_FOLDER = "annotators"
+DIFFUSION_MODELS_FOLDER = "diffusion_models"
+# Extra search paths, os.pathsep-separated, for use outside ComfyUI (tests, tools) or in addition to it.
+ENV_OVERRIDES = {EASYANIMATE_FOLDER: "EASYANIMATE_MODELS_DIR", ANNOTATORS_FOLDER: "EASYANIMATE_ANNOTATORS_DIR"}
+
+
+def _folder_paths():
+    try:
+        import folder_paths  # ComfyUI's module; only importable inside a ComfyUI process
+    except ImportError:
+        return None
+    return folder_paths
+
+
+def comfy_available() -> bool:
+    return _folder_paths() is not None
+
+
+def comfy_root() -> Path | None:
+    folder_paths = _folder_paths()
+    return None if folder_paths is None else Path(folder_paths.base_path)
+
+
+def register_model_folders() -> None:
+    """Register our model folders with ComfyUI (unconditionally: folder_paths de-duplicates, and a conditional add
+    would skip the default folder whenever extra_model_paths.yaml names the key — reference/comfyui.md §3)."""
+    folder_paths = _folder_paths()
+    if folder_paths is None:
+        return
+    for name in (EASYANIMATE_FOLDER, ANNOTATORS_FOLDER):
+        folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name))
+
+
+def model_dirs(folder_name: str) -> list[Path]:
+    """Every directory to search for `folder_name` models: environment override first, then ComfyUI's list."""
+    dirs: list[Path] = []
+    env = os.environ.get(ENV_OVERRIDES.get(folder_name, ""), "")
+    dirs.extend(Path(p) for p in env.split(os.pathsep) if p)
+    folder_paths = _folder_paths()
+    if folder_paths is not None:
+        try:
+            dirs.extend(Path(p) for p in folder_paths.get_folder_paths(folder_name))
+        except KeyError:
+            pass
+    unique: list[Path] = []
+    for d in dirs:
+        if d not in unique:
+            unique.append(d)
+    return unique
+
+
+def torch_device():
+    import torch
+
+    try:
+        import comfy.model_management as mm
+    except ImportError:
+        return torch.device("cpu")
+    return mm.get_torch_device()
+
+
+def check_interrupt() -> None:
+    """Raise ComfyUI's interrupt exception if the user pressed Cancel; a no-op outside ComfyUI."""
+    try:
+        import comfy.model_management as mm
+    except ImportError:
+        return
+    mm.throw_exception_if_processing_interrupted()
+
+
+class Progress:
+    """A ComfyUI progress bar (no-op outside ComfyUI). `callback` fits the models/ `(done, total)` hook."""
+
+    def __init__(self, total: int):
+        self.total = max(int(total), 1)
+        self.done = 0
+        try:
+            import comfy.utils
+        except ImportError:
+            self._bar = None
+        else:
+            self._bar = comfy.utils.ProgressBar(self.total)
+
+    def update(self, n: int = 1, preview=None) -> None:
+        self.done = min(self.done + n, self.total)
+        if self._bar is not None:
+            self._bar.update_absolute(self.done, self.total, preview)
+
+    def callback(self, done: int, total: int, preview=None) -> None:
+        self.total = max(int(total), 1)
+        self.done = min(int(done), self.total)
+        if self._bar is not None:
+            self._bar.update_absolute(self.done, self.total, preview)
+
+
+def interrupt_hook() -> Callable[[], None]:
+    """The models/ `interrupt` callback: checks ComfyUI's cancel flag."""
+    return check_interrupt

@@ -1,0 +1,129 @@
+"""Load EasyAnimate Model: finds model folders, detects the variant, hands out a lazily-loading model object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .bridge import DIFFUSION_MODELS_FOLDER, EASYANIMATE_FOLDER, model_dirs
+
+NO_MODELS = "(no models found: put model folders in ComfyUI/models/EasyAnimate/)"
+SINGLE_FILE_PREFIX = "diffusion_models/"
+PRECISIONS = ["bf16", "fp16", "fp32"]
+WEIGHT_STORAGE = ["same as precision", "fp8_e4m3fn", "fp8_e5m2"]
+# What marks a sub-folder of models/EasyAnimate as a model (a partial download still lists, so loading it can say
+# exactly which files are missing).
+MODEL_MARKERS = ("transformer", "vae", "model_index.json")
+# Keys whose presence in a safetensors header marks an EasyAnimate transformer file.
+TRANSFORMER_HEADER_KEYS = ("proj.weight", "proj_out.weight", "transformer_blocks.0.norm1.linear.weight")
+
+
+def _looks_like_model(folder: Path) -> bool:
+    return folder.is_dir() and any((folder / marker).exists() for marker in MODEL_MARKERS)
+
+
+def _looks_like_transformer_file(path: Path) -> bool:
+    from ..models.checkpoint import read_safetensors_header
+
+    try:
+        keys = read_safetensors_header(path)
+    except Exception:
+        return False
+    return all(key in keys for key in TRANSFORMER_HEADER_KEYS)
+
+
+def list_models() -> list[str]:
+    """Model folder names under every registered EasyAnimate dir, then EasyAnimate single files in diffusion_models."""
+    names: list[str] = []
+    for root in model_dirs(EASYANIMATE_FOLDER):
+        if root.is_dir():
+            names += sorted(p.name for p in root.iterdir() if _looks_like_model(p) and p.name not in names)
+    for root in model_dirs(DIFFUSION_MODELS_FOLDER):
+        if root.is_dir():
+            files = sorted(p for p in root.rglob("*.safetensors") if _looks_like_transformer_file(p))
+            names += [SINGLE_FILE_PREFIX + p.relative_to(root).as_posix() for p in files]
+    return names
+
+
+def resolve_model(name: str) -> Path:
+    """The path behind a dropdown entry; refuses names that try to leave the model folders."""
+    if name == NO_MODELS:
+        raise FileNotFoundError(
+            "No EasyAnimate model is installed. Download one (e.g. alibaba-pai/EasyAnimateV5.1-12b-zh-InP) into "
+            f"{_default_dir(EASYANIMATE_FOLDER)}/<ModelName>/ and refresh the page."
+        )
+    folder_key, relative = EASYANIMATE_FOLDER, name
+    if name.startswith(SINGLE_FILE_PREFIX):
+        folder_key, relative = DIFFUSION_MODELS_FOLDER, name[len(SINGLE_FILE_PREFIX):]
+    parts = Path(relative).parts
+    if not parts or Path(relative).is_absolute() or any(part in ("..", "") for part in parts):
+        raise ValueError(f"invalid model name {name!r}: it must be a folder or file inside the model folders")
+    searched = model_dirs(folder_key)
+    for root in searched:
+        candidate = (root / relative).resolve()
+        if candidate.exists() and candidate.is_relative_to(root.resolve()):
+            return candidate
+    where = ", ".join(str(d) for d in searched) or _default_dir(folder_key)
+    raise FileNotFoundError(f"model {name!r} not found in: {where}")
+
+
+def _default_dir(folder_key: str) -> str:
+    from .bridge import comfy_root
+
+    root = comfy_root()
+    return str(root / "models" / folder_key) if root else f"ComfyUI/models/{folder_key}"
+
+
+@dataclass
+class EasyAnimateModel:
+    """What the loader outputs: the detected variant plus settings; components load lazily when a node needs them."""
+
+    path: Path
+    detection: object  # models.checkpoint.Detection
+    precision: str
+    weight_storage: str
+    components: dict = field(default_factory=dict)
+
+    @property
+    def variant(self):
+        return self.detection.variant
+
+    def __repr__(self) -> str:  # shown in ComfyUI's debug output
+        d = self.detection
+        return f"EasyAnimateModel({self.path.name}: {d.version} {d.size} {d.kind}, {d.layout}, {self.precision})"
+
+
+class EasyAnimateModelLoader:
+    CATEGORY = "EasyAnimate"
+    FUNCTION = "load"
+    RETURN_TYPES = ("EASYANIMATE_MODEL",)
+    RETURN_NAMES = ("model",)
+    DESCRIPTION = (
+        "Finds an EasyAnimate V5/V5.1 model (a folder in models/EasyAnimate, or a single transformer file in "
+        "models/diffusion_models), detects its version, size and kind from its files, and outputs a model that "
+        "loads each component only when a node needs it."
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        models = list_models() or [NO_MODELS]
+        return {
+            "required": {
+                "model": (models, {"tooltip": "Folder in models/EasyAnimate (or transformer file in diffusion_models)."}),
+                "precision": (PRECISIONS, {"default": "bf16", "tooltip": "Compute dtype."}),
+                "weight_storage": (
+                    WEIGHT_STORAGE,
+                    {"default": "same as precision", "tooltip": "fp8 storage halves transformer memory (qfloat8)."},
+                ),
+            }
+        }
+
+    def load(self, model, precision, weight_storage):
+        from ..models.checkpoint import detect
+
+        path = resolve_model(model)
+        return (EasyAnimateModel(path, detect(path), precision, weight_storage),)
+
+
+NODE_CLASS_MAPPINGS = {"EasyAnimateModelLoader": EasyAnimateModelLoader}
+NODE_DISPLAY_NAME_MAPPINGS = {"EasyAnimateModelLoader": "Load EasyAnimate Model"}

@@ -1,0 +1,56 @@
+"""Shared test set-up.
+
+- The repo root goes on sys.path so `models` imports as a plain package (it never imports ComfyUI).
+- `pack`: the whole pack imported as a package, the way ComfyUI imports it (relative imports resolved).
+- `comfy_server`: one real ComfyUI 0.3.75 server for the session, with this checkout linked into its custom_nodes.
+"""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+for path in (REPO_ROOT, REPO_ROOT / "tools"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+PACK_FOLDER_NAME = "ComfyUI-EasyAnimate-Nodes"  # a realistic custom_nodes folder name (hyphens, not a identifier)
+BROKEN_PACK_NAME = "deliberately_broken_pack"
+
+
+def import_pack(name: str = "easyanimate_pack_under_test"):
+    """Import the checkout as a package named `name` (what ComfyUI does with a custom_nodes folder)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(
+        name, REPO_ROOT / "__init__.py", submodule_search_locations=[str(REPO_ROOT)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def pack():
+    return import_pack()
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory):
+    from comfyui_server import ComfyServer
+
+    base = tmp_path_factory.mktemp("comfyui")
+    broken = tmp_path_factory.mktemp("packs") / BROKEN_PACK_NAME
+    broken.mkdir()
+    (broken / "__init__.py").write_text("raise ImportError('this pack is broken on purpose')\n")
+    model_paths = {}
+    server = ComfyServer.start(
+        custom_nodes={PACK_FOLDER_NAME: REPO_ROOT, BROKEN_PACK_NAME: broken},
+        model_paths=model_paths,
+        base_dir=base,
+    )
+    yield server
+    server.stop()

@@ -1,0 +1,57 @@
+"""The pack inside a real ComfyUI 0.3.75 server, driven over HTTP + websocket like the browser frontend."""
+
+import pytest
+from conftest import BROKEN_PACK_NAME, PACK_FOLDER_NAME
+from PIL import Image
+
+from comfyui_server import PromptRejected, import_failures
+
+
+def test_server_reports_cpu_device_and_pinned_version(comfy_server):
+    stats = comfy_server.get("/system_stats")
+    assert stats["system"]["comfyui_version"] == "0.3.75"
+    assert [d["type"] for d in stats["devices"]] == ["cpu"]
+
+
+def test_pack_imports_without_failure(comfy_server):
+    log = comfy_server.log()
+    assert PACK_FOLDER_NAME not in import_failures(log), log[-3000:]
+    assert f"Cannot import {comfy_server.base_dir}/custom_nodes/{PACK_FOLDER_NAME}" not in log
+
+
+def test_a_deliberately_broken_pack_is_detected(comfy_server):
+    # proves the import check above can fail
+    assert BROKEN_PACK_NAME in import_failures(comfy_server.log())
+
+
+def test_every_registered_node_appears_in_object_info(comfy_server, pack):
+    info = comfy_server.object_info()
+    missing = sorted(set(pack.NODE_CLASS_MAPPINGS) - set(info))
+    assert not missing, missing
+    for node_id, display in pack.NODE_DISPLAY_NAME_MAPPINGS.items():
+        assert info[node_id]["display_name"] == display
+        assert info[node_id]["category"].startswith("EasyAnimate")
+
+
+def test_core_workflow_executes(comfy_server):
+    prompt = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 48, "batch_size": 2, "color": 0xFF8800}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "core_smoke"}},
+    }
+    result = comfy_server.run(prompt, timeout=120)
+    assert result.status == "success", result.error
+    files = result.files("images")
+    assert len(files) == 2
+    with Image.open(comfy_server.output_path(files[0])) as image:
+        assert image.size == (64, 48)
+        assert image.convert("RGB").getpixel((10, 10)) == (255, 136, 0)
+
+
+def test_invalid_prompt_is_rejected_with_node_errors(comfy_server):
+    prompt = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 0, "height": 48, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}},
+    }
+    with pytest.raises(PromptRejected) as excinfo:
+        comfy_server.queue(prompt)
+    assert "1" in excinfo.value.node_errors

@@ -46,7 +46,14 @@ def comfy_server(tmp_path_factory):
     broken = tmp_path_factory.mktemp("packs") / BROKEN_PACK_NAME
     broken.mkdir()
     (broken / "__init__.py").write_text("raise ImportError('this pack is broken on purpose')\n")
-    model_paths = {}
+    # Model discovery fixtures: one model in the default models/EasyAnimate folder, one in a folder named only by
+    # extra_model_paths.yaml, and a sub-folder that is not a model.
+    (base / "models" / "EasyAnimate" / "DefaultFolderModel" / "transformer").mkdir(parents=True)
+    yaml_dir = tmp_path_factory.mktemp("yaml_models")
+    (yaml_dir / "YamlFolderModel" / "vae").mkdir(parents=True)
+    (yaml_dir / "NotAModel").mkdir()
+    (yaml_dir / "NotAModel" / "notes.txt").write_text("just a folder")
+    model_paths = {"EasyAnimate": [yaml_dir]}
     server = ComfyServer.start(
         custom_nodes={PACK_FOLDER_NAME: REPO_ROOT, BROKEN_PACK_NAME: broken},
         model_paths=model_paths,

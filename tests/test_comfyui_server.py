@@ -55,3 +55,11 @@ def test_invalid_prompt_is_rejected_with_node_errors(comfy_server):
     with pytest.raises(PromptRejected) as excinfo:
         comfy_server.queue(prompt)
     assert "1" in excinfo.value.node_errors
+
+
+def test_model_dropdown_lists_default_and_yaml_folders_but_not_other_folders(comfy_server):
+    info = comfy_server.get("/object_info/EasyAnimateModelLoader")["EasyAnimateModelLoader"]
+    choices = info["input"]["required"]["model"][0]
+    assert "DefaultFolderModel" in choices  # <base>/models/EasyAnimate, registered unconditionally
+    assert "YamlFolderModel" in choices  # only named by extra_model_paths.yaml
+    assert "NotAModel" not in choices

@@ -39,6 +39,17 @@ def pack():
 
 
 @pytest.fixture(scope="session")
+def tiny_root():
+    return tiny_checkpoints()
+
+
+def tiny_checkpoints() -> Path:
+    from tiny_checkpoints import ensure_tiny_checkpoints
+
+    return ensure_tiny_checkpoints()
+
+
+@pytest.fixture(scope="session")
 def comfy_server(tmp_path_factory):
     from comfyui_server import ComfyServer
 
@@ -53,7 +64,13 @@ def comfy_server(tmp_path_factory):
     (yaml_dir / "YamlFolderModel" / "vae").mkdir(parents=True)
     (yaml_dir / "NotAModel").mkdir()
     (yaml_dir / "NotAModel" / "notes.txt").write_text("just a folder")
-    model_paths = {"EasyAnimate": [yaml_dir]}
+    # The tiny real-layout checkpoints, as a user's extra_model_paths.yaml would add them; the single-file
+    # transformers go into a diffusion_models folder.
+    tiny_root = tiny_checkpoints()
+    single_files = tmp_path_factory.mktemp("diffusion_models")
+    for file in tiny_root.glob("*.safetensors"):
+        (single_files / file.name).symlink_to(file)
+    model_paths = {"EasyAnimate": [yaml_dir, tiny_root], "diffusion_models": [single_files]}
     server = ComfyServer.start(
         custom_nodes={PACK_FOLDER_NAME: REPO_ROOT, BROKEN_PACK_NAME: broken},
         model_paths=model_paths,

@@ -63,3 +63,13 @@ def test_model_dropdown_lists_default_and_yaml_folders_but_not_other_folders(com
     assert "DefaultFolderModel" in choices  # <base>/models/EasyAnimate, registered unconditionally
     assert "YamlFolderModel" in choices  # only named by extra_model_paths.yaml
     assert "NotAModel" not in choices
+
+
+def test_model_dropdown_lists_every_tiny_checkpoint_and_single_file(comfy_server, tiny_root):
+    info = comfy_server.get("/object_info/EasyAnimateModelLoader")["EasyAnimateModelLoader"]
+    choices = info["input"]["required"]["model"][0]
+    folders = sorted(p.name for p in tiny_root.iterdir() if p.is_dir())
+    assert len(folders) == 22
+    assert set(folders) <= set(choices)
+    assert "diffusion_models/tiny-EasyAnimateV5.1-12b-zh-InP.safetensors" in choices
+    assert "diffusion_models/tiny-EasyAnimateV5.1-7b-zh-InP-diffusers.safetensors" in choices

@@ -73,3 +73,36 @@ def test_model_dropdown_lists_every_tiny_checkpoint_and_single_file(comfy_server
     assert set(folders) <= set(choices)
     assert "diffusion_models/tiny-EasyAnimateV5.1-12b-zh-InP.safetensors" in choices
     assert "diffusion_models/tiny-EasyAnimateV5.1-7b-zh-InP-diffusers.safetensors" in choices
+
+
+def test_control_preprocessor_canny_runs_in_comfyui_and_keeps_the_frame_size(comfy_server, tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    picture = tmp_path / "control_source.png"
+    pixels = np.zeros((170, 250, 3), np.uint8)
+    pixels[40:130, 60:190] = rng.integers(0, 255, size=(90, 130, 3), dtype=np.uint8)  # edges to find
+    Image.fromarray(pixels).save(picture)
+    name = comfy_server.upload_image(picture)
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": name}},
+        "2": {"class_type": "RepeatImageBatch", "inputs": {"image": ["1", 0], "amount": 3}},
+        "3": {
+            "class_type": "EasyAnimateControlPreprocessor",
+            "inputs": {
+                "images": ["2", 0], "method": "canny", "detect_resolution": 512, "canny_low_threshold": 100,
+                "canny_high_threshold": 200, "depth_background_threshold": 0.1, "pose_body": True,
+                "pose_hands": False, "pose_face": False, "mlsd_score_threshold": 0.1,
+                "mlsd_distance_threshold": 0.1, "hed_safe": False,
+            },
+        },  # fmt: skip
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "control"}},
+    }
+    result = comfy_server.run(prompt, timeout=300)
+    assert result.status == "success", result.error
+    files = result.files("images")
+    assert len(files) == 3
+    with Image.open(comfy_server.output_path(files[0])) as image:
+        assert image.size == (250, 170)
+        edges = np.asarray(image.convert("L"))
+    assert 0 < (edges > 0).mean() < 0.5  # edges found, not a blank or full frame

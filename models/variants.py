@@ -246,24 +246,25 @@ def kind_for_in_channels(version: str, in_channels: int) -> str:
 
 _SCHEDULER_CONFIGS = {
     # vae_and_text.md §3.1 / transformer.md §5.2. Quoted keys: class, betas, schedule, 1000 steps, v_prediction,
-    # zero-SNR, trailing. The remaining DDIM keys were not read from the released file (transformer.md §10 q3);
-    # these are the usual diffusers values for a v-prediction zero-SNR DDIM config (no x0 clipping).
+    # zero-SNR, trailing. The remaining keys were not read from the released file (transformer.md §10 q3) [inferred]:
+    # the released file is 473 bytes, exactly CogVideoX's DDIM config (same betas / zero-SNR / trailing / v-prediction
+    # recipe) renamed to DDIMScheduler, so its values are used: no x0 clipping, set_alpha_to_one true, offset 0.
+    # Only used when a checkpoint lacks scheduler/scheduler_config.json; the pipeline passes the file when present.
     V5: {
         "_class_name": "DDIMScheduler",
-        "_diffusers_version": "0.30.1",
+        "_diffusers_version": "0.31.0.dev0",
         "beta_end": 0.012,
         "beta_schedule": "scaled_linear",
         "beta_start": 0.00085,
         "clip_sample": False,
         "clip_sample_range": 1.0,
-        "dynamic_thresholding_ratio": 0.995,
         "num_train_timesteps": 1000,
         "prediction_type": "v_prediction",
         "rescale_betas_zero_snr": True,
         "sample_max_value": 1.0,
-        "set_alpha_to_one": False,
-        "steps_offset": 1,
-        "thresholding": False,
+        "set_alpha_to_one": True,
+        "snr_shift_scale": 3.0,
+        "steps_offset": 0,
         "timestep_spacing": "trailing",
         "trained_betas": None,
     },

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .schedulers import make_scheduler, randn
+from .teacache import TeaCache, coefficients_for
 
 LATENT_CHANNELS = 16
 SPATIAL_RATIO = 8  # VAE
@@ -251,7 +252,8 @@ def generate(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.bfloat16,
     initial_noise: torch.Tensor | None = None,
-    teacache=None,
+    teacache_threshold: float = 0.0,
+    teacache_skip_start: int = 0,
     vae_kwargs: dict | None = None,
     progress: Progress | None = None,
     interrupt: Interrupt | None = None,
@@ -305,11 +307,31 @@ def generate(
             conditioning.ref = reference_latents(encode, request.reference_image, shape)
 
     latents = sampler.initial_latents(noise, x0).to(device=device, dtype=dtype)
+    teacache = None
+    coefficients = coefficients_for(variant.version, variant.size)
+    if teacache_threshold > 0.0 and coefficients is not None:  # V5 has no published coefficients (§6)
+        teacache = TeaCache(coefficients, teacache_threshold, sampler.num_model_calls, skip_start=teacache_skip_start)
     latents = denoise(
         transformer, sampler, text_streams, latents, conditioning, request.guidance_scale,
         request.guidance_rescale, generator, teacache, progress, interrupt, on_step,
     )  # fmt: skip
     return latents.float().cpu()
+
+
+def resize_frames(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """ComfyUI IMAGE [N, H, W, 3] in [0,1] → [N, 3, height, width] (bicubic with antialiasing, like the reference's
+    PIL resize), clamped to [0,1]."""
+    frames = images[..., :3].permute(0, 3, 1, 2).float()
+    if frames.shape[-2:] != (height, width):
+        frames = F.interpolate(frames, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
+    return frames.clamp(0.0, 1.0)
+
+
+def fit_frames(frames: torch.Tensor, count: int) -> torch.Tensor:
+    """The first `count` frames; a shorter clip repeats its last frame (reference truncates to video_length)."""
+    if frames.shape[0] >= count:
+        return frames[:count]
+    return torch.cat([frames, frames[-1:].expand(count - frames.shape[0], -1, -1, -1)])
 
 
 def _video(frames: torch.Tensor) -> torch.Tensor:

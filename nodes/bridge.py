@@ -96,6 +96,11 @@ class Progress:
         else:
             self._bar = comfy.utils.ProgressBar(self.total)
 
+    @property
+    def active(self) -> bool:
+        """True inside ComfyUI, where updates (and previews) reach the user."""
+        return self._bar is not None
+
     def update(self, n: int = 1, preview=None) -> None:
         self.done = min(self.done + n, self.total)
         if self._bar is not None:
@@ -111,3 +116,16 @@ class Progress:
 def interrupt_hook() -> Callable[[], None]:
     """The models/ `interrupt` callback: checks ComfyUI's cancel flag."""
     return check_interrupt
+
+
+def free_memory() -> None:
+    """Give cached GPU memory back (after an error or interrupt, and after big temporary work)."""
+    try:
+        import comfy.model_management as mm
+    except ImportError:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return
+    mm.soft_empty_cache()

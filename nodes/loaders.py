@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from .bridge import DIFFUSION_MODELS_FOLDER, EASYANIMATE_FOLDER, model_dirs
@@ -74,25 +73,6 @@ def _default_dir(folder_key: str) -> str:
     return str(root / "models" / folder_key) if root else f"ComfyUI/models/{folder_key}"
 
 
-@dataclass
-class EasyAnimateModel:
-    """What the loader outputs: the detected variant plus settings; components load lazily when a node needs them."""
-
-    path: Path
-    detection: object  # models.checkpoint.Detection
-    precision: str
-    weight_storage: str
-    components: dict = field(default_factory=dict)
-
-    @property
-    def variant(self):
-        return self.detection.variant
-
-    def __repr__(self) -> str:  # shown in ComfyUI's debug output
-        d = self.detection
-        return f"EasyAnimateModel({self.path.name}: {d.version} {d.size} {d.kind}, {d.layout}, {self.precision})"
-
-
 class EasyAnimateModelLoader:
     CATEGORY = "EasyAnimate"
     FUNCTION = "load"
@@ -119,10 +99,10 @@ class EasyAnimateModelLoader:
         }
 
     def load(self, model, precision, weight_storage):
-        from ..models.checkpoint import detect
+        from ..models.components import open_model
 
-        path = resolve_model(model)
-        return (EasyAnimateModel(path, detect(path), precision, weight_storage),)
+        storage = None if weight_storage == WEIGHT_STORAGE[0] else weight_storage
+        return (open_model(resolve_model(model), precision, storage),)
 
 
 NODE_CLASS_MAPPINGS = {"EasyAnimateModelLoader": EasyAnimateModelLoader}

@@ -1,0 +1,130 @@
+"""EasyAnimate Sampler: text-, image-, video- and control-to-video on one pipeline (models/pipeline.py)."""
+
+from __future__ import annotations
+
+from .bridge import Progress, check_interrupt, free_memory, torch_device
+
+SCHEDULERS = ["auto", "Flow", "Flow UniPC", "Flow DPM++", "DDIM", "Euler", "Euler A", "DPM++", "PNDM"]
+SEED_MAX = 0xFFFFFFFFFFFFFFFF
+
+
+def _latent_preview(latents):
+    """A cheap RGB look at the middle latent frame (first three channels), for the progress bar."""
+    import numpy as np
+    from PIL import Image
+
+    frame = latents[0, :3, latents.shape[2] // 2].float().clamp(-2.0, 2.0) / 4.0 + 0.5
+    pixels = (frame.permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8)
+    image = Image.fromarray(pixels).resize((pixels.shape[1] * 8, pixels.shape[0] * 8), Image.NEAREST)
+    return ("JPEG", image, 512)
+
+
+def _text_streams(embeddings, do_cfg: bool):
+    if do_cfg:
+        return tuple(embeddings.guidance_batch(i) for i in range(len(embeddings.streams)))
+    return tuple(embeddings.positive)
+
+
+class EasyAnimateVideoSampler:
+    CATEGORY = "EasyAnimate"
+    FUNCTION = "sample"
+    RETURN_TYPES = ("EASYANIMATE_LATENT",)
+    RETURN_NAMES = ("latents",)
+    DESCRIPTION = (
+        "Generates a video latent. Text-to-video with any model; connect start_image (and end_image) for an InP "
+        "model, input_video + denoise_strength < 1 for video-to-video, control_video (+ reference_image for V5.1) "
+        "for a Control model. Frames must be 1 or 4k+1, width and height multiples of 16."
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("EASYANIMATE_MODEL",),
+                "embeddings": ("EASYANIMATE_EMBEDS",),
+                "width": ("INT", {"default": 672, "min": 16, "max": 2048, "step": 16}),
+                "height": ("INT", {"default": 384, "min": 16, "max": 2048, "step": 16}),
+                "frames": ("INT", {"default": 49, "min": 1, "max": 253, "step": 4, "tooltip": "1 or 4k+1; 49 trained"}),
+                "steps": ("INT", {"default": 50, "min": 1, "max": 200}),
+                "cfg": ("FLOAT", {"default": 6.0, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01}),
+                "seed": ("INT", {"default": 43, "min": 0, "max": SEED_MAX, "control_after_generate": True}),
+                "scheduler": (SCHEDULERS, {"default": "auto", "tooltip": "auto: Flow for V5.1, DDIM for V5"}),
+                "teacache_threshold": (
+                    "FLOAT",
+                    {"default": 0.08, "min": 0.0, "max": 1.0, "step": 0.005,
+                     "tooltip": "TeaCache: skip steps whose input barely changed (0 = off; V5.1 only)."},
+                ),  # fmt: skip
+                "teacache_skip_start": (
+                    "INT", {"default": 0, "min": 0, "max": 200, "tooltip": "Always compute this many first steps."}
+                ),  # fmt: skip
+            },
+            "optional": {
+                "start_image": ("IMAGE", {"tooltip": "InP models: first frame(s)."}),
+                "end_image": ("IMAGE", {"tooltip": "InP models: last frame(s)."}),
+                "input_video": ("IMAGE", {"tooltip": "Video-to-video source (use with denoise_strength < 1)."}),
+                "denoise_strength": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01}),
+                "control_video": ("IMAGE", {"tooltip": "Control models: pose/canny/depth... frames."}),
+                "reference_image": ("IMAGE", {"tooltip": "V5.1 Control models: appearance reference."}),
+                "guidance_rescale": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01}),
+            },
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, width, height, frames):
+        from ..models.pipeline import size_problems
+
+        problems = size_problems(width, height, frames)
+        return True if not problems else "; ".join(problems)
+
+    def sample(self, model, embeddings, width, height, frames, steps, cfg, seed, scheduler, teacache_threshold,
+               teacache_skip_start, start_image=None, end_image=None, input_video=None, denoise_strength=1.0,
+               control_video=None, reference_image=None, guidance_rescale=0.0):  # fmt: skip
+        from ..models import pipeline
+        from ..models.schedulers import DEFAULT_SCHEDULER
+
+        variant = model.variant
+        if embeddings.version != variant.version:
+            raise ValueError(
+                f"these prompt embeddings come from an EasyAnimate {embeddings.version} text encoder, but the model is "
+                f"{variant.version}; encode the prompt with the same model's text encoder."
+            )
+        if scheduler == "auto":
+            scheduler = DEFAULT_SCHEDULER[variant.version]
+
+        def frames_of(images, count=None):
+            if images is None:
+                return None
+            resized = pipeline.resize_frames(images, height, width)
+            return resized if count is None else pipeline.fit_frames(resized, count)
+
+        request = pipeline.Request(
+            width=width, height=height, frames=frames, steps=steps, guidance_scale=cfg, seed=seed,
+            scheduler=scheduler, guidance_rescale=guidance_rescale, start_images=frames_of(start_image),
+            end_images=frames_of(end_image), input_video=frames_of(input_video, frames),
+            denoise_strength=denoise_strength, control_video=frames_of(control_video, frames),
+            reference_image=None if reference_image is None else frames_of(reference_image)[:1],
+        )  # fmt: skip
+        device = torch_device()
+        progress = Progress(steps)
+        latest = {}
+
+        def report(done, total):
+            preview = _latent_preview(latest["latents"]) if progress.active and "latents" in latest else None
+            progress.callback(done, total, preview)
+
+        try:
+            transformer = model.transformer(device=device, interrupt=check_interrupt)
+            latents = pipeline.generate(
+                transformer, model.vae(device=device), _text_streams(embeddings, cfg > 1.0), request,
+                variant=variant, scheduler_config=model.scheduler_config(), device=device, dtype=model.dtype,
+                teacache_threshold=teacache_threshold, teacache_skip_start=teacache_skip_start,
+                interrupt=check_interrupt,
+                on_step=lambda i, x: latest.__setitem__("latents", x), progress=report,
+            )  # fmt: skip
+        finally:
+            free_memory()
+        return ({"samples": latents, "version": variant.version, "fps": 8},)
+
+
+NODE_CLASS_MAPPINGS = {"EasyAnimateVideoSampler": EasyAnimateVideoSampler}
+NODE_DISPLAY_NAME_MAPPINGS = {"EasyAnimateVideoSampler": "EasyAnimate Sampler"}

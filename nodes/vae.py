@@ -1,0 +1,91 @@
+"""EasyAnimate VAE Decode / Encode: latents ↔ ComfyUI IMAGE batches [T, H, W, 3] in [0, 1] on the CPU."""
+
+from __future__ import annotations
+
+from .bridge import Progress, check_interrupt, free_memory, torch_device
+
+FPS = 8  # EasyAnimate V5/V5.1 were trained at 8 fps (reference/transformer.md §4.3)
+TILE_TOOLTIP = "Spatial tile size in pixels (0 = automatic from free memory). Smaller tiles use less memory."
+
+
+def _vae_memory_budget(device) -> int | None:
+    """Half the free GPU memory for decode tiles; no tiling on the CPU."""
+    if getattr(device, "type", "cpu") != "cuda":
+        return None
+    try:
+        import comfy.model_management as mm
+
+        return int(mm.get_free_memory(device) * 0.5)
+    except ImportError:
+        import torch
+
+        return int(torch.cuda.mem_get_info(device)[0] * 0.5)
+
+
+class EasyAnimateVAEDecode:
+    CATEGORY = "EasyAnimate"
+    FUNCTION = "decode"
+    RETURN_TYPES = ("IMAGE", "INT", "FLOAT")
+    RETURN_NAMES = ("images", "frame_count", "fps")
+    DESCRIPTION = (
+        "Decodes EasyAnimate latents to frames, chunk by chunk and in tiles, so memory does not grow with video "
+        "length. Connect images to Video Combine (VideoHelperSuite) or Create Video with the fps output."
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {"model": ("EASYANIMATE_MODEL",), "latents": ("EASYANIMATE_LATENT",)},
+            "optional": {"tile_size": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 16, "tooltip": TILE_TOOLTIP})},
+        }
+
+    def decode(self, model, latents, tile_size=0):
+        device = torch_device()
+        vae = model.vae(device=device)
+        samples = latents["samples"]
+        progress = Progress(1)
+        try:
+            video = vae.decode(
+                samples, tile_size=tile_size or None, memory_budget=None if tile_size else _vae_memory_budget(device),
+                device=device, progress=progress.callback, interrupt=check_interrupt,
+            )  # fmt: skip
+        finally:
+            free_memory()
+        images = video[0].permute(1, 2, 3, 0).float().cpu().contiguous()  # [3,T,H,W] → [T,H,W,3]
+        return (images, images.shape[0], float(latents.get("fps", FPS)))
+
+
+class EasyAnimateVAEEncode:
+    CATEGORY = "EasyAnimate"
+    FUNCTION = "encode"
+    RETURN_TYPES = ("EASYANIMATE_LATENT",)
+    RETURN_NAMES = ("latents",)
+    DESCRIPTION = "Encodes frames (1 or 4k+1 of them, sides divisible by 8) into EasyAnimate latents."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {"model": ("EASYANIMATE_MODEL",), "images": ("IMAGE",)},
+            "optional": {"tile_size": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 16, "tooltip": TILE_TOOLTIP})},
+        }
+
+    def encode(self, model, images, tile_size=0):
+        device = torch_device()
+        vae = model.vae(device=device)
+        video = images[..., :3].permute(3, 0, 1, 2).unsqueeze(0).float() * 2.0 - 1.0  # [1,3,T,H,W] in [-1,1]
+        progress = Progress(1)
+        try:
+            samples = vae.encode(
+                video, tile_size=tile_size or None, memory_budget=None if tile_size else _vae_memory_budget(device),
+                device=device, progress=progress.callback, interrupt=check_interrupt,
+            )  # fmt: skip
+        finally:
+            free_memory()
+        return ({"samples": samples.cpu(), "version": model.version, "fps": FPS},)
+
+
+NODE_CLASS_MAPPINGS = {"EasyAnimateVAEDecode": EasyAnimateVAEDecode, "EasyAnimateVAEEncode": EasyAnimateVAEEncode}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "EasyAnimateVAEDecode": "EasyAnimate VAE Decode",
+    "EasyAnimateVAEEncode": "EasyAnimate VAE Encode",
+}

@@ -685,44 +685,62 @@ def load_state_streaming(
         error.missing, error.unexpected, error.mismatched = reported_missing, unexpected, mismatched
         raise error
 
-    from safetensors import safe_open  # the mmap reader; imported here to keep `models` import light
-
+    # Tensors are read with plain file reads, one at a time, into a temporary of the stored dtype, then converted:
+    # unlike an mmap reader, pages already read never count towards the process's RSS, so peak host memory stays
+    # at the final weights plus one tensor (benchmarks/memory.py).
     total = sum(len(entries) for entries in plan.values())
     done = 0
     loaded = []
     for file, entries in plan.items():
         if not entries:
             continue
-        try:
-            with safe_open(str(file), framework="pt", device="cpu") as reader:
-                for key, name in entries:
-                    if interrupt is not None:
-                        interrupt()
-                    tensor = reader.get_tensor(key)
-                    wanted = keep_dtype(name) if keep_dtype is not None else None
-                    wanted = wanted or dtype
-                    if wanted is not None and tensor.is_floating_point():
-                        tensor = tensor.to(device=device, dtype=wanted)
-                    else:
-                        tensor = tensor.to(device=device)
-                    owner, attr, is_parameter = targets[name]
-                    if is_parameter:
-                        owner._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
-                    else:
-                        owner._buffers[attr] = tensor
-                    loaded.append(name)
-                    done += 1
-                    if progress is not None:
-                        progress(done, total)
-        except CheckpointError:
-            raise
-        except Exception as error:  # safetensors raises its own error type for corrupt data
-            if type(error).__name__ != "SafetensorError":
-                raise
-            raise CheckpointError(f"{file} could not be read ({error}). Re-download it.") from None
+        header = read_safetensors_header(file)
+        with open(file, "rb") as handle:
+            data_start = 8 + int.from_bytes(handle.read(8), "little")
+            for key, name in entries:
+                if interrupt is not None:
+                    interrupt()
+                tensor = _read_tensor(handle, file, key, header[key], data_start)
+                wanted = keep_dtype(name) if keep_dtype is not None else None
+                wanted = wanted or dtype
+                if wanted is not None and tensor.is_floating_point():
+                    tensor = tensor.to(device=device, dtype=wanted)
+                else:
+                    tensor = tensor.to(device=device)
+                owner, attr, is_parameter = targets[name]
+                if is_parameter:
+                    owner._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
+                else:
+                    owner._buffers[attr] = tensor
+                loaded.append(name)
+                done += 1
+                if progress is not None:
+                    progress(done, total)
 
     still_meta = [name for name, (owner, attr, _) in targets.items() if getattr(owner, attr).is_meta]
     if still_meta:
         raise CheckpointError(f"after loading {', '.join(str(f) for f in files)} these tensors were never "
                               f"filled: {', '.join(still_meta)}")
     return LoadReport(files=files, loaded=loaded, missing=missing, unexpected=unexpected)
+
+
+_TORCH_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64, "I32": torch.int32,
+    "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}  # fmt: skip
+
+
+def _read_tensor(handle, file: Path, key: str, info: TensorInfo, data_start: int) -> torch.Tensor:
+    """One tensor of an open safetensors file, read (not mapped) into fresh CPU memory in its stored dtype."""
+    if info.dtype not in _TORCH_DTYPES:
+        raise CheckpointError(f"{file}: tensor {key!r} has dtype {info.dtype}, which EasyAnimate weights never use")
+    raw = torch.empty(info.nbytes, dtype=torch.uint8)
+    handle.seek(data_start + info.data_offsets[0])
+    read = handle.readinto(memoryview(raw.numpy()))
+    if read != info.nbytes:
+        raise CheckpointError(
+            f"{file} could not be read: tensor {key!r} is cut short ({read} of {info.nbytes} bytes); the file is "
+            "truncated or corrupt. Re-download it."
+        )
+    return raw.view(_TORCH_DTYPES[info.dtype]).reshape(info.shape)

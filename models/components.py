@@ -26,6 +26,10 @@ class ModelComponents:
     detection: Detection
     dtype: torch.dtype
     storage_dtype: torch.dtype | None = None  # transformer weights in memory (fp8 = qfloat8); None = dtype
+    memory_mode: str = "auto"  # auto | gpu | model_cpu_offload | sequential (models/offload.py)
+    resident_blocks: int = 0  # sequential: transformer blocks kept on the device (0 = as many as fit)
+    fp8_mode: str = "quality"  # models/quant.py; only with an fp8 storage_dtype
+    plan: object = None  # the models.memory.Plan the transformer was loaded for (None until then)
     _loaded: dict = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -51,19 +55,69 @@ class ModelComponents:
                 self._loaded[name] = build()
             return self._loaded[name]
 
-    def transformer(self, device="cpu", progress=None, interrupt=None):
-        from .transformer import load_transformer
+    def transformer(self, device="cpu", progress=None, interrupt=None, size: tuple[int, int, int] | None = None,
+                    free_vram: int | None = None, log=print):  # fmt: skip
+        """The transformer, loaded for a memory plan: `size` (width, height, frames) and `free_vram` (bytes on a
+        CUDA device) let memory_mode "auto" pick the fastest mode (and, with "same as precision", fp8 storage)
+        that fits; the plan is printed and kept in `self.plan`. Offload modes load to the CPU (RAM pre-flight)."""
+        return self._get("transformer", lambda: self._load_transformer(device, progress, interrupt, size, free_vram, log))
 
-        return self._get(
-            "transformer",
-            lambda: load_transformer(
-                self.path, dtype=self.dtype, storage_dtype=self.storage_dtype, device=device, progress=progress,
-                interrupt=interrupt,
-            ),
+    def make_plan(self, device, size: tuple[int, int, int] | None, free_vram: int | None):
+        from .memory import STORAGE_DTYPES, Plan, model_bytes_for_transformer_files, plan_memory
+
+        device = torch.device(device)
+        storage = self.storage_dtype or self.dtype
+        label = next(k for k, v in STORAGE_DTYPES.items() if v == storage)
+        mode = self.memory_mode
+        planned = mode == "auto" or (mode == "sequential" and not self.resident_blocks)
+        if not planned or device.type != "cuda" or free_vram is None:
+            mode = "gpu" if mode == "auto" else mode
+            return Plan(mode, label, self.resident_blocks, 0, 0, 0, True, [f"EasyAnimate memory mode: {mode}"])
+        storages = (label,) if self.storage_dtype is not None or mode != "auto" else (label, "fp8_e4m3fn")
+        modes = None if mode == "auto" else (mode,)
+        weights = model_bytes_for_transformer_files(self.path, self.dtype, storages, self.fp8_mode, self.version,
+                                                    None if self.detection.layout == "single_file" else self.path)
+        width, height, frames = size or (672, 384, 49)
+        plan = plan_memory(weights, width, height, frames, free_vram, storages, compute_dtype=self.dtype, modes=modes)
+        if self.resident_blocks:
+            plan.resident_blocks = self.resident_blocks
+        return plan
+
+    def _load_transformer(self, device, progress, interrupt, size, free_vram, log):
+        from .memory import STORAGE_DTYPES, check_ram, transformer_weight_bytes
+        from .quant import load_transformer_fp8
+
+        plan = self.plan = self.make_plan(device, size, free_vram)
+        log(plan.summary())
+        storage = STORAGE_DTYPES[plan.storage]
+        load_device = device if plan.mode == "gpu" else "cpu"
+        if torch.device(load_device).type == "cpu":  # weights will live in RAM: refuse early if they cannot
+            needed = transformer_weight_bytes(self.path, self.dtype, storage, self.fp8_mode)
+            check_ram(needed, f"the EasyAnimate transformer ({plan.storage})", self.path,
+                      "Choose weight_storage fp8_e4m3fn (half the bytes), close other programs, or add swap/RAM.")
+        return load_transformer_fp8(
+            self.path, dtype=self.dtype, storage_dtype=storage, fp8_mode=self.fp8_mode, device=load_device,
+            progress=progress, interrupt=interrupt,
         )  # fmt: skip
+
+    def placement(self, transformer, device, stats=None):
+        """Context manager putting the transformer where the plan wants it for one sampling run."""
+        from .offload import transformer_placement
+
+        plan = self.plan
+        mode = "gpu" if plan is None else plan.mode
+        resident = 0 if plan is None else plan.resident_blocks
+        return transformer_placement(transformer, mode, device, resident, stats)
+
+    @property
+    def offloading(self) -> bool:
+        return self.plan is not None and self.plan.mode != "gpu"
 
     def vae(self, device="cpu"):
         from .vae import load_vae
+
+        if self.offloading:  # rests in RAM; the node runs it under models.offload.on_device
+            device = "cpu"
 
         # The reference runs the VAE in the pipeline dtype (bf16 by default); load_vae upcasts V5 fp16 itself.
         return self._get("vae", lambda: load_vae(self._folder_for("VAE"), dtype=self.dtype, device=device))
@@ -102,14 +156,24 @@ _open: dict[tuple, ModelComponents] = {}
 _open_lock = threading.Lock()
 
 
-def open_model(path: str | Path, precision: str = "bf16", weight_storage: str | None = None) -> ModelComponents:
+def open_model(path: str | Path, precision: str = "bf16", weight_storage: str | None = None,
+               memory_mode: str = "auto", resident_blocks: int = 0, fp8_mode: str = "quality") -> ModelComponents:
     """Detect the model at `path` and return its (shared) components object for these settings."""
+    from .offload import MEMORY_MODES
+    from .quant import FP8_MODES
+
     path = Path(path).resolve()
     if precision not in DTYPES:
         raise ValueError(f"precision must be one of {sorted(DTYPES)}, got {precision!r}")
+    if memory_mode not in ("auto",) + MEMORY_MODES:
+        raise ValueError(f"memory_mode must be auto or one of {MEMORY_MODES}, got {memory_mode!r}")
+    if fp8_mode not in FP8_MODES:
+        raise ValueError(f"fp8_mode must be one of {FP8_MODES}, got {fp8_mode!r}")
     storage = STORAGE_DTYPES.get(weight_storage) if weight_storage else None
-    key = (str(path), precision, str(storage), path.stat().st_mtime_ns)
+    fp8_mode = fp8_mode if storage is not None else "quality"  # only matters with fp8 storage
+    key = (str(path), precision, str(storage), memory_mode, int(resident_blocks), fp8_mode, path.stat().st_mtime_ns)
     with _open_lock:
         if key not in _open:
-            _open[key] = ModelComponents(path, detect(path), DTYPES[precision], storage)
+            _open[key] = ModelComponents(path, detect(path), DTYPES[precision], storage, memory_mode,
+                                         int(resident_blocks), fp8_mode)  # fmt: skip
         return _open[key]

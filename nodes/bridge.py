@@ -119,7 +119,8 @@ def interrupt_hook() -> Callable[[], None]:
 
 
 def free_memory() -> None:
-    """Give cached GPU memory back (after an error or interrupt, and after big temporary work)."""
+    """Give cached GPU memory back (after an error or interrupt, and after big temporary work), and freed host heap
+    memory back to the OS, so repeated runs do not grow the process's RSS."""
     try:
         import comfy.model_management as mm
     except ImportError:
@@ -127,5 +128,86 @@ def free_memory() -> None:
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+    else:
+        mm.soft_empty_cache()
+    trim_host_heap()
+
+
+def trim_host_heap() -> None:
+    """glibc keeps freed large blocks of a long-lived process in its arenas (RSS creeps up run after run);
+    malloc_trim(0) returns them. A no-op on other C libraries and systems."""
+    import ctypes
+    import gc
+    import sys
+
+    gc.collect()
+    if not sys.platform.startswith("linux"):
         return
-    mm.soft_empty_cache()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+# -- model management (reference/comfyui.md §2) --------------------------------------------------------------------
+
+
+def _mm():
+    try:
+        import comfy.model_management as mm
+    except ImportError:
+        return None
+    return mm
+
+
+def free_vram(device) -> int | None:
+    """Free bytes on a CUDA device as ComfyUI counts them (its own cache included); None on the CPU."""
+    if getattr(device, "type", "cpu") != "cuda":
+        return None
+    mm = _mm()
+    if mm is not None:
+        return int(mm.get_free_memory(device))
+    import torch
+
+    return int(torch.cuda.mem_get_info(device)[0])
+
+
+def comfy_patcher(holder, name: str, module, size: int, device):
+    """A ModelPatcher around one of our modules so ComfyUI's model management can unload it (kept on `holder`, a
+    ModelComponents, so it lives exactly as long as the module); None outside ComfyUI."""
+    try:
+        import comfy.model_patcher
+    except ImportError:
+        return None
+    mm = _mm()
+    patchers = holder.__dict__.setdefault("_comfy_patchers", {})
+    patcher = patchers.get(name)
+    if patcher is None or patcher.model is not module:
+        patcher = comfy.model_patcher.ModelPatcher(module, load_device=device, offload_device=mm.unet_offload_device(),
+                                                   size=size)  # fmt: skip
+        patchers[name] = patcher
+    return patcher
+
+
+def load_on_device(patcher, extra_bytes: int = 0) -> None:
+    """Ask ComfyUI to make room (evicting other models) and register our module as loaded on its device."""
+    mm = _mm()
+    if mm is None or patcher is None:
+        return
+    mm.load_models_gpu([patcher], memory_required=extra_bytes)
+
+
+def make_room(bytes_needed: int, device, keep=()) -> None:
+    """Evict other models until `bytes_needed` are free on `device` (offload modes manage our weights themselves)."""
+    mm = _mm()
+    if mm is None or getattr(device, "type", "cpu") == "cpu":
+        return
+    mm.free_memory(bytes_needed, device, keep_loaded=[p for p in keep if p is not None])
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    import torch
+
+    mm = _mm()
+    types = (torch.cuda.OutOfMemoryError,) + ((mm.OOM_EXCEPTION,) if mm is not None else ())
+    return isinstance(error, types)

@@ -95,14 +95,19 @@ class EasyAnimateModelLoader:
                     WEIGHT_STORAGE,
                     {"default": "same as precision", "tooltip": "fp8 storage halves transformer memory (qfloat8)."},
                 ),
-            }
+            },
+            "optional": {
+                "memory_mode": (["auto", "gpu", "model_cpu_offload", "sequential"], {"default": "auto"}),
+                "resident_blocks": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip": "sequential mode: transformer blocks kept on the GPU (0 = as many as fit)"}),
+                "fp8_mode": (["quality", "reference exact", "scaled"], {"default": "quality"}),
+            },
         }
 
-    def load(self, model, precision, weight_storage):
+    def load(self, model, precision, weight_storage, memory_mode="auto", resident_blocks=0, fp8_mode="quality"):
         from ..models.components import open_model
 
         storage = None if weight_storage == WEIGHT_STORAGE[0] else weight_storage
-        return (open_model(resolve_model(model), precision, storage),)
+        return (open_model(resolve_model(model), precision, storage, memory_mode, resident_blocks, fp8_mode),)
 
 
 NODE_CLASS_MAPPINGS = {"EasyAnimateModelLoader": EasyAnimateModelLoader}

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from .bridge import Progress, check_interrupt, free_memory, torch_device
+from .bridge import (
+    Progress, check_interrupt, comfy_patcher, free_memory, free_vram, is_out_of_memory, load_on_device, make_room,
+    torch_device,
+)  # fmt: skip
 
 SCHEDULERS = ["auto", "Flow", "Flow UniPC", "Flow DPM++", "DDIM", "Euler", "Euler A", "DPM++", "PNDM"]
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
@@ -113,14 +116,34 @@ class EasyAnimateVideoSampler:
             progress.callback(done, total, preview)
 
         try:
-            transformer = model.transformer(device=device, interrupt=check_interrupt)
-            latents = pipeline.generate(
-                transformer, model.vae(device=device), _text_streams(embeddings, cfg > 1.0), request,
-                variant=variant, scheduler_config=model.scheduler_config(), device=device, dtype=model.dtype,
-                teacache_threshold=teacache_threshold, teacache_skip_start=teacache_skip_start,
-                interrupt=check_interrupt,
-                on_step=lambda i, x: latest.__setitem__("latents", x), progress=report,
-            )  # fmt: skip
+            transformer = model.transformer(device=device, interrupt=check_interrupt, size=(width, height, frames),
+                                            free_vram=free_vram(device))  # fmt: skip
+            plan = model.plan
+            if model.offloading:
+                model.release("text_encoder")  # prompts are encoded; free its RAM/VRAM before sampling
+                make_room(max(plan.peak_vram, 0), device)
+            else:
+                from ..models.quant import allocated_bytes
+
+                load_on_device(comfy_patcher(model, "transformer", transformer, allocated_bytes(transformer), device))
+            with model.placement(transformer, device):
+                latents = pipeline.generate(
+                    transformer, model.vae(device=device), _text_streams(embeddings, cfg > 1.0), request,
+                    variant=variant, scheduler_config=model.scheduler_config(), device=device, dtype=model.dtype,
+                    teacache_threshold=teacache_threshold, teacache_skip_start=teacache_skip_start,
+                    interrupt=check_interrupt,
+                    on_step=lambda i, x: latest.__setitem__("latents", x), progress=report,
+                )  # fmt: skip
+        except Exception as error:
+            if not is_out_of_memory(error):
+                raise
+            from ..models.memory import oom_advice
+
+            latest.clear()
+            free_memory()
+            plan = model.plan
+            raise RuntimeError(oom_advice(model.memory_mode if plan is None else plan.mode,
+                                          "?" if plan is None else plan.storage, width, height, frames)) from None
         finally:
             free_memory()
         return ({"samples": latents, "version": variant.version, "fps": 8},)

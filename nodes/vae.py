@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .bridge import Progress, check_interrupt, free_memory, torch_device
+from .bridge import Progress, check_interrupt, free_memory, is_out_of_memory, torch_device
 
 FPS = 8  # EasyAnimate V5/V5.1 were trained at 8 fps (reference/transformer.md §4.3)
 TILE_TOOLTIP = "Spatial tile size in pixels (0 = automatic from free memory). Smaller tiles use less memory."
@@ -20,6 +20,17 @@ def _vae_memory_budget(device) -> int | None:
         import torch
 
         return int(torch.cuda.mem_get_info(device)[0] * 0.5)
+
+
+def _placed(model, vae, device):
+    """model_cpu_offload / sequential: the VAE rests in RAM and is copied to the device only while it runs."""
+    import contextlib
+
+    if not getattr(model, "offloading", False) or getattr(device, "type", "cpu") == "cpu":
+        return contextlib.nullcontext(vae)
+    from ..models.offload import on_device
+
+    return on_device(vae, device)
 
 
 class EasyAnimateVAEDecode:
@@ -44,11 +55,25 @@ class EasyAnimateVAEDecode:
         vae = model.vae(device=device)
         samples = latents["samples"]
         progress = Progress(1)
+        budget = None if tile_size else _vae_memory_budget(device)
+        plan = getattr(model, "plan", None)
+        if budget is not None and plan is not None and plan.vae_budget:
+            budget = min(budget, plan.vae_budget)  # the same memory plan as the sampler (models/memory.py)
         try:
-            video = vae.decode(
-                samples, tile_size=tile_size or None, memory_budget=None if tile_size else _vae_memory_budget(device),
-                device=device, progress=progress.callback, interrupt=check_interrupt,
-            )  # fmt: skip
+            with _placed(model, vae, device):
+                video = vae.decode(
+                    samples, tile_size=tile_size or None, memory_budget=budget, device=device,
+                    progress=progress.callback, interrupt=check_interrupt,
+                )  # fmt: skip
+        except Exception as error:
+            if not is_out_of_memory(error):
+                raise
+            from ..models.memory import oom_advice
+
+            free_memory()
+            _, _, latent_frames, h, w = samples.shape
+            raise RuntimeError(oom_advice(getattr(model, "memory_mode", "auto"), "?", w * 8, h * 8,
+                                          (latent_frames - 1) * 4 + 1, stage="decode")) from None
         finally:
             free_memory()
         images = video[0].permute(1, 2, 3, 0).float().cpu().contiguous()  # [3,T,H,W] → [T,H,W,3]
@@ -75,10 +100,11 @@ class EasyAnimateVAEEncode:
         video = images[..., :3].permute(3, 0, 1, 2).unsqueeze(0).float() * 2.0 - 1.0  # [1,3,T,H,W] in [-1,1]
         progress = Progress(1)
         try:
-            samples = vae.encode(
-                video, tile_size=tile_size or None, memory_budget=None if tile_size else _vae_memory_budget(device),
-                device=device, progress=progress.callback, interrupt=check_interrupt,
-            )  # fmt: skip
+            with _placed(model, vae, device):
+                samples = vae.encode(
+                    video, tile_size=tile_size or None, memory_budget=None if tile_size else _vae_memory_budget(device),
+                    device=device, progress=progress.callback, interrupt=check_interrupt,
+                )  # fmt: skip
         finally:
             free_memory()
         return ({"samples": samples.cpu(), "version": model.version, "fps": FPS},)

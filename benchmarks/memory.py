@@ -1,0 +1,112 @@
+"""Peak RSS of loading a ≥1 B-parameter synthetic checkpoint into fp8: our streaming load vs a naive
+"load everything in bf16, then cast" load. Each load runs in a fresh subprocess; peak = ru_maxrss - RSS before the load.
+
+    .venv/bin/python benchmarks/memory.py [--params-billions 1.07] [--dir /tmp]
+
+Ends with `RESULT load_peak_rss_over_final_weights=<x>` (streaming load; target ≤ 1.15).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+WIDTH = 4096
+
+
+def _model(blocks: int):
+    import torch
+    from torch import nn
+
+    from models import ops
+
+    model = nn.Module()
+    model.blocks = nn.ModuleList(
+        nn.ModuleDict({"up": ops.Linear(WIDTH, WIDTH), "down": ops.Linear(WIDTH, WIDTH)}) for _ in range(blocks)
+    )
+    return model
+
+
+def write_checkpoint(path: Path, blocks: int) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    shard, tensors, index = 0, {}, {}
+    for i in range(blocks):  # 2 GB shards, like the released multi-file checkpoints
+        for name in ("up", "down"):
+            tensors[f"blocks.{i}.{name}.weight"] = torch.randn(WIDTH, WIDTH, dtype=torch.bfloat16) * 0.02
+            tensors[f"blocks.{i}.{name}.bias"] = torch.zeros(WIDTH, dtype=torch.bfloat16)
+        if len(tensors) >= 2 * 16 or i == blocks - 1:
+            file = path / f"model-{shard:05d}.safetensors"
+            save_file(tensors, str(file))
+            index.update({k: file.name for k in tensors})
+            tensors, shard = {}, shard + 1
+
+
+def _child(folder: str, blocks: int, how: str) -> None:
+    import resource
+
+    import torch
+
+    sys.path.insert(0, str(REPO_ROOT))
+    from models.checkpoint import load_state_streaming
+    from models.quant import allocated_bytes
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    with torch.device("meta"):
+        model = _model(blocks)
+    before = rss()
+    if how == "streaming":
+        load_state_streaming(model, files, torch.float8_e4m3fn)
+    else:  # naive: the whole state dict in bf16 first, then cast
+        from safetensors.torch import load_file
+
+        state = {}
+        for file in files:
+            state.update(load_file(str(file)))
+        model = _model(blocks).to(torch.bfloat16)
+        model.load_state_dict(state)
+        del state
+        model = model.to(torch.float8_e4m3fn)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    print(json.dumps({"peak": peak, "weights": allocated_bytes(model)}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params-billions", type=float, default=1.07)
+    parser.add_argument("--dir", default=None)
+    args = parser.parse_args()
+    blocks = max(1, round(args.params_billions * 1e9 / (2 * WIDTH * (WIDTH + 1))))
+    with tempfile.TemporaryDirectory(dir=args.dir) as folder:
+        write_checkpoint(Path(folder), blocks)
+        params = blocks * 2 * WIDTH * (WIDTH + 1)
+        print(f"synthetic checkpoint: {params / 1e9:.2f} B parameters, bf16 on disk")
+        results = {}
+        for how in ("streaming", "naive"):
+            out = subprocess.run([sys.executable, __file__, "--child", folder, str(blocks), how], check=True,
+                                 capture_output=True, text=True).stdout  # fmt: skip
+            results[how] = json.loads(out.strip().splitlines()[-1])
+            r = results[how]
+            print(f"{how:9s}: peak RSS during load {r['peak'] / 2**30:.2f} GiB, final fp8 weights "
+                  f"{r['weights'] / 2**30:.2f} GiB, ratio {r['peak'] / r['weights']:.2f}")
+    print("GPU: none on this machine; peak VRAM and s/step per mode were not measured.")
+    ratio = results["streaming"]["peak"] / results["streaming"]["weights"]
+    print(f"RESULT load_peak_rss_over_final_weights={ratio:.3f}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        _child(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    else:
+        main()

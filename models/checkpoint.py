@@ -695,18 +695,21 @@ def load_state_streaming(
         if not entries:
             continue
         header = read_safetensors_header(file)
+        # One read buffer per file, reused for every tensor: fresh per-tensor temporaries would be kept by the C
+        # allocator and show up as RSS. Each tensor is then copied out (copy=True), converted on the way.
+        buffer = torch.empty(max(header[key].nbytes for key, _ in entries), dtype=torch.uint8)
         with open(file, "rb") as handle:
             data_start = 8 + int.from_bytes(handle.read(8), "little")
             for key, name in entries:
                 if interrupt is not None:
                     interrupt()
-                tensor = _read_tensor(handle, file, key, header[key], data_start)
+                tensor = _read_tensor(handle, file, key, header[key], data_start, buffer)
                 wanted = keep_dtype(name) if keep_dtype is not None else None
                 wanted = wanted or dtype
                 if wanted is not None and tensor.is_floating_point():
-                    tensor = tensor.to(device=device, dtype=wanted)
+                    tensor = tensor.to(device=device, dtype=wanted, copy=True)
                 else:
-                    tensor = tensor.to(device=device)
+                    tensor = tensor.to(device=device, copy=True)
                 owner, attr, is_parameter = targets[name]
                 if is_parameter:
                     owner._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
@@ -731,11 +734,13 @@ _TORCH_DTYPES = {
 }  # fmt: skip
 
 
-def _read_tensor(handle, file: Path, key: str, info: TensorInfo, data_start: int) -> torch.Tensor:
-    """One tensor of an open safetensors file, read (not mapped) into fresh CPU memory in its stored dtype."""
+def _read_tensor(handle, file: Path, key: str, info: TensorInfo, data_start: int, buffer: torch.Tensor) -> torch.Tensor:
+    """One tensor of an open safetensors file, read (not mapped) into `buffer`, viewed in its stored dtype.
+
+    The result aliases `buffer`: copy it before reading the next tensor."""
     if info.dtype not in _TORCH_DTYPES:
         raise CheckpointError(f"{file}: tensor {key!r} has dtype {info.dtype}, which EasyAnimate weights never use")
-    raw = torch.empty(info.nbytes, dtype=torch.uint8)
+    raw = buffer[: info.nbytes]
     handle.seek(data_start + info.data_offsets[0])
     read = handle.readinto(memoryview(raw.numpy()))
     if read != info.nbytes:

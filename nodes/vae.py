@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .bridge import Progress, check_interrupt, free_memory, is_out_of_memory, torch_device
+from .bridge import Progress, check_interrupt, free_memory, free_vram, is_out_of_memory, torch_device
 
 FPS = 8  # EasyAnimate V5/V5.1 were trained at 8 fps (reference/transformer.md §4.3)
 TILE_TOOLTIP = "Spatial tile size in pixels (0 = automatic from free memory). Smaller tiles use less memory."
@@ -10,16 +10,8 @@ TILE_TOOLTIP = "Spatial tile size in pixels (0 = automatic from free memory). Sm
 
 def _vae_memory_budget(device) -> int | None:
     """Half the free GPU memory for decode tiles; no tiling on the CPU."""
-    if getattr(device, "type", "cpu") != "cuda":
-        return None
-    try:
-        import comfy.model_management as mm
-
-        return int(mm.get_free_memory(device) * 0.5)
-    except ImportError:
-        import torch
-
-        return int(torch.cuda.mem_get_info(device)[0] * 0.5)
+    free = free_vram(device)
+    return None if free is None else free // 2
 
 
 def _placed(model, vae, device):

@@ -71,9 +71,14 @@ def import_failures(log_text: str) -> list[str]:
     return sorted({Path(p.strip()).name for p in failed})
 
 
-def _yaml_block(name: str, paths: list[Path]) -> str:
-    lines = [f"    {name}: |"] + [f"        {Path(p).resolve()}" for p in paths]
-    return "\n".join(lines)
+def write_model_paths_yaml(path: Path, model_paths: dict[str, list[Path]] | None) -> Path:
+    """An extra_model_paths.yaml mapping model-folder keys (e.g. "EasyAnimate") to directories."""
+    blocks = [
+        "\n".join([f"    {name}: |"] + [f"        {Path(p).resolve()}" for p in paths])
+        for name, paths in (model_paths or {}).items()
+    ]
+    path.write_text("easyanimate_tests:\n" + "\n".join(blocks) + "\n" if blocks else "{}\n")
+    return path
 
 
 class ComfyServer:
@@ -109,16 +114,18 @@ class ComfyServer:
             link = base_dir / "custom_nodes" / name
             if not link.exists():
                 link.symlink_to(Path(path).resolve(), target_is_directory=True)
-        yaml_path = base_dir / "extra_model_paths.yaml"
-        blocks = [_yaml_block(name, paths) for name, paths in (model_paths or {}).items()]
-        yaml_path.write_text("easyanimate_tests:\n" + "\n".join(blocks) + "\n" if blocks else "{}\n")
-        port = free_port()
-        log_path = base_dir / "server.log"
-        cmd = [
-            sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-            "--disable-auto-launch", "--base-directory", str(base_dir), "--database-url", "sqlite:///:memory:",
+        yaml_path = write_model_paths_yaml(base_dir / "extra_model_paths.yaml", model_paths)
+        args = [
+            "--cpu", "--base-directory", str(base_dir), "--database-url", "sqlite:///:memory:",
             "--extra-model-paths-config", str(yaml_path), *(extra_args or []),
         ]  # fmt: skip
+        return cls.launch(comfy_dir, base_dir, args, base_dir / "server.log", timeout)
+
+    @classmethod
+    def launch(cls, comfy_dir: Path, base_dir: Path, args: list[str], log_path: Path, timeout: float) -> "ComfyServer":
+        """Run `main.py <args>` on a free loopback port, offline, and wait until it answers."""
+        port = free_port()
+        cmd = [sys.executable, "main.py", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch", *args]
         env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
         with open(log_path, "wb") as log:
             process = subprocess.Popen(

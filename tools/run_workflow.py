@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +27,7 @@ for _path in (REPO_ROOT / "tools", REPO_ROOT / "tests"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from comfyui_server import ComfyServer, free_port  # noqa: E402
+from comfyui_server import ComfyServer, write_model_paths_yaml  # noqa: E402
 from workflow_api import MODE_BYPASSED, MODE_MUTED, to_api, widget_slots  # noqa: E402
 
 PACK_FOLDER_NAME = "ComfyUI-EasyAnimate-Nodes"
@@ -145,30 +143,10 @@ def start_existing(comfy_dir: Path, model_paths: dict[str, list[Path]] | None, t
         print(f"[run_workflow] linking this pack into {link}")
         link.symlink_to(REPO_ROOT, target_is_directory=True)
     run_dir = Path(tempfile.mkdtemp(prefix="run_workflow-"))
-    port = free_port()
-    cmd = [sys.executable, "main.py", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch"]
-    if not _cuda_available():
-        cmd.append("--cpu")
+    args = [] if _cuda_available() else ["--cpu"]
     if model_paths:
-        yaml_path = run_dir / "extra_model_paths.yaml"
-        lines = ["easyanimate_tiny:"] + [
-            line for key, paths in model_paths.items()
-            for line in [f"    {key}: |", *(f"        {Path(p).resolve()}" for p in paths)]
-        ]  # fmt: skip
-        yaml_path.write_text("\n".join(lines) + "\n")
-        cmd += ["--extra-model-paths-config", str(yaml_path)]
-    log_path = run_dir / "server.log"
-    env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(cmd, cwd=comfy_dir, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                   start_new_session=True)  # fmt: skip
-    server = ComfyServer(comfy_dir, comfy_dir, port, process, log_path)
-    try:
-        server.wait_ready(timeout)
-    except BaseException:
-        server.stop()
-        raise
-    return server
+        args += ["--extra-model-paths-config", str(write_model_paths_yaml(run_dir / "extra_model_paths.yaml", model_paths))]
+    return ComfyServer.launch(comfy_dir, comfy_dir, args, run_dir / "server.log", timeout)
 
 
 def start_server(comfyui: Path | None, with_tiny: bool, run_dir: Path = DEFAULT_RUN_DIR) -> ComfyServer:

@@ -478,7 +478,8 @@ def plan_tiles(latent_height: int, latent_width: int, tile_latent: int | None, o
 
 
 # Working memory per chunk ~ FACTOR x (one full-resolution activation of a chunk): peak RSS growth measured on CPU,
-# fp32, released widths, 96 px tiles (decode 8.2x, encode 5.8x), rounded up; weights and the output are extra.
+# fp32, released widths (benchmarks/vae.py: decode 6.9x at 80 px tiles, up to 8.2x with glibc's default heap
+# caching; encode 5.8x at 96 px), rounded up; weights and the output are extra.
 DECODE_MEMORY_FACTOR = 9.0
 ENCODE_MEMORY_FACTOR = 7.0
 

@@ -30,6 +30,7 @@ class ModelComponents:
     resident_blocks: int = 0  # sequential: transformer blocks kept on the device (0 = as many as fit)
     fp8_mode: str = "quality"  # models/quant.py; only with an fp8 storage_dtype
     plan: object = None  # the models.memory.Plan the transformer was loaded for (None until then)
+    companion: Path | None = None  # single-file transformer: the model folder lending VAE, text encoder, scheduler
     _loaded: dict = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -42,12 +43,16 @@ class ModelComponents:
         return self.detection.version
 
     def _folder_for(self, component: str) -> Path:
-        if self.detection.layout == "single_file":
+        if self.detection.layout != "single_file":
+            return self.path
+        if self.companion is None:
             raise FileNotFoundError(
-                f"{self.path.name} is a single transformer file: it has no {component}. Load a full model folder "
-                f"(models/EasyAnimate/<ModelName>/ with vae/, text_encoder/, tokenizer/ ...) for that part."
+                f"{self.path.name} is a single transformer file: it has no {component}, and no EasyAnimate "
+                f"{self.version.upper()} model folder was found to take it from. Put one (e.g. "
+                f"{'EasyAnimateV5.1-12b-zh' if self.version == 'v5.1' else 'EasyAnimateV5-12b-zh'}, with vae/, "
+                "text_encoder/, tokenizer/ ...) into models/EasyAnimate/."
             )
-        return self.path
+        return self.companion
 
     def _get(self, name: str, build):
         with self._lock:
@@ -133,9 +138,9 @@ class ModelComponents:
 
     def scheduler_config(self) -> dict | None:
         """The checkpoint's own scheduler_config.json (None → the released one for this version)."""
-        if self.detection.layout == "single_file":
+        if self.detection.layout == "single_file" and self.companion is None:
             return None
-        file = self.path / "scheduler" / "scheduler_config.json"
+        file = self._folder_for("scheduler") / "scheduler" / "scheduler_config.json"
         return json.loads(file.read_text()) if file.exists() else None
 
     def release(self, name: str | None = None) -> None:
@@ -157,8 +162,12 @@ _open_lock = threading.Lock()
 
 
 def open_model(path: str | Path, precision: str = "bf16", weight_storage: str | None = None,
-               memory_mode: str = "auto", resident_blocks: int = 0, fp8_mode: str = "quality") -> ModelComponents:
-    """Detect the model at `path` and return its (shared) components object for these settings."""
+               memory_mode: str = "auto", resident_blocks: int = 0, fp8_mode: str = "quality",
+               companion_candidates: list[Path] = ()) -> ModelComponents:
+    """Detect the model at `path` and return its (shared) components object for these settings.
+
+    A single transformer file borrows its VAE, text encoder and scheduler from the first of `companion_candidates`
+    (model folders) of the same version."""
     from .offload import MEMORY_MODES
     from .quant import FP8_MODES
 
@@ -174,6 +183,19 @@ def open_model(path: str | Path, precision: str = "bf16", weight_storage: str | 
     key = (str(path), precision, str(storage), memory_mode, int(resident_blocks), fp8_mode, path.stat().st_mtime_ns)
     with _open_lock:
         if key not in _open:
-            _open[key] = ModelComponents(path, detect(path), DTYPES[precision], storage, memory_mode,
-                                         int(resident_blocks), fp8_mode)  # fmt: skip
+            detection = detect(path)
+            companion = _companion(detection, companion_candidates) if detection.layout == "single_file" else None
+            _open[key] = ModelComponents(path, detection, DTYPES[precision], storage, memory_mode,
+                                         int(resident_blocks), fp8_mode, companion=companion)  # fmt: skip
         return _open[key]
+
+
+def _companion(detection: Detection, candidates) -> Path | None:
+    """The first candidate folder holding a complete model of the same version (its own transformer is not used)."""
+    for folder in candidates:
+        try:
+            if detect(folder).version == detection.version:
+                return Path(folder).resolve()
+        except (OSError, ValueError, RuntimeError):  # incomplete or foreign folders are skipped
+            continue
+    return None

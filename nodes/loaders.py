@@ -59,9 +59,11 @@ def resolve_model(name: str) -> Path:
         raise ValueError(f"invalid model name {name!r}: it must be a folder or file inside the model folders")
     searched = model_dirs(folder_key)
     for root in searched:
-        candidate = (root / relative).resolve()
-        if candidate.exists() and candidate.is_relative_to(root.resolve()):
-            return candidate
+        # The name itself may not leave the folder (checked above, lexically); a symlink inside it may point
+        # anywhere, as users link big files from other drives.
+        candidate = root / relative
+        if candidate.exists():
+            return candidate.absolute()
     where = ", ".join(str(d) for d in searched) or _default_dir(folder_key)
     raise FileNotFoundError(f"model {name!r} not found in: {where}")
 
@@ -107,7 +109,10 @@ class EasyAnimateModelLoader:
         from ..models.components import open_model
 
         storage = None if weight_storage == WEIGHT_STORAGE[0] else weight_storage
-        return (open_model(resolve_model(model), precision, storage, memory_mode, resident_blocks, fp8_mode),)
+        companions = [resolve_model(name) for name in list_models() if not name.startswith(SINGLE_FILE_PREFIX)]
+        return (
+            open_model(resolve_model(model), precision, storage, memory_mode, resident_blocks, fp8_mode, companions),
+        )
 
 
 NODE_CLASS_MAPPINGS = {"EasyAnimateModelLoader": EasyAnimateModelLoader}

@@ -141,3 +141,9 @@ def test_interrupt_during_sampling_then_the_next_prompt_succeeds(comfy_server):
     assert not result.files()
     frames = read_video(comfy_server, run_ok(comfy_server, graph("tiny-EasyAnimateV5.1-12b-zh", seed=98, prefix="after")))
     assert frames.shape[0] == FRAMES
+
+
+def test_a_single_transformer_file_from_diffusion_models_runs_with_a_companion_folder(comfy_server):
+    model = "diffusion_models/tiny-EasyAnimateV5.1-12b-zh-InP.safetensors"
+    frames = read_video(comfy_server, run_ok(comfy_server, graph(model, prefix="single_file")))
+    assert frames.shape == (FRAMES, HEIGHT, WIDTH, 3)

@@ -37,3 +37,11 @@ def test_resolve_names_the_searched_folders_when_missing(pack, models_dir):
 def test_no_models_placeholder_explains_where_to_put_them(pack, models_dir):
     with pytest.raises(FileNotFoundError, match="models/EasyAnimate"):
         pack.nodes.loaders.resolve_model(pack.nodes.loaders.NO_MODELS)
+
+
+def test_a_symlinked_model_folder_elsewhere_is_listed_and_resolves(pack, models_dir, tmp_path):
+    elsewhere = tmp_path / "other-drive" / "EasyAnimateV5-7b-zh"
+    (elsewhere / "vae").mkdir(parents=True)
+    (models_dir / "linked-model").symlink_to(elsewhere, target_is_directory=True)
+    assert "linked-model" in pack.nodes.loaders.list_models()
+    assert pack.nodes.loaders.resolve_model("linked-model").resolve() == elsewhere.resolve()

@@ -20,6 +20,7 @@ LATENT_CHANNELS = 16
 SPATIAL_RATIO = 8  # VAE
 TEMPORAL_RATIO = 4  # VAE
 SIZE_MULTIPLE = 16  # VAE 8x and patch 2 (transformer.md §4.3)
+VAE_SCALING_FACTOR = 0.7125  # latents = posterior mode × 0.7125; the mask channel is scaled the same (§4.1.3)
 NOISE_AUG_STRENGTH = 0.0563  # fixed σ of the inference-time masked-video noise (transformer.md §4.1.3)
 CAMERA_SCALE = 6.0  # Plücker channels are multiplied by 6, not VAE-encoded (§4.2)
 
@@ -115,8 +116,6 @@ def inpaint_latents(
     mask_channel = resize_mask(1.0 - mask, latent_frames, latent_h, latent_w) * VAE_SCALING_FACTOR
     return torch.cat([mask_channel.to(latents.dtype), latents], dim=1).expand(batch, -1, -1, -1, -1)
 
-
-VAE_SCALING_FACTOR = 0.7125
 
 
 def control_latents(

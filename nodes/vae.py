@@ -25,6 +25,38 @@ def _placed(model, vae, device):
     return on_device(vae, device)
 
 
+def _run_vae(model, method: str, tensor, tile_size: int):
+    """vae.encode / vae.decode on ComfyUI's device, tiles from the memory plan's budget (or free VRAM), with
+    progress, cancel, memory released afterwards and an actionable message on out-of-memory."""
+    device = torch_device()
+    vae = model.vae(device=device)
+    budget = None if tile_size else _vae_memory_budget(device)
+    plan = getattr(model, "plan", None)
+    if budget is not None and plan is not None and plan.vae_budget:
+        budget = min(budget, plan.vae_budget)  # the same memory plan as the sampler (models/memory.py)
+    progress = Progress(1)
+    try:
+        with _placed(model, vae, device):
+            return getattr(vae, method)(
+                tensor, tile_size=tile_size or None, memory_budget=budget, device=device,
+                progress=progress.callback, interrupt=check_interrupt,
+            )  # fmt: skip
+    except Exception as error:
+        if not is_out_of_memory(error):
+            raise
+        from ..models.memory import oom_advice
+
+        free_memory()
+        frames, height, width = tensor.shape[2:]
+        if method == "decode":  # latent → pixel sizes
+            frames, height, width = (frames - 1) * 4 + 1, height * 8, width * 8
+        raise RuntimeError(
+            oom_advice(getattr(model, "memory_mode", "auto"), "?", width, height, frames, stage=method)
+        ) from None
+    finally:
+        free_memory()
+
+
 class EasyAnimateVAEDecode:
     CATEGORY = "EasyAnimate"
     FUNCTION = "decode"
@@ -43,31 +75,7 @@ class EasyAnimateVAEDecode:
         }
 
     def decode(self, model, latents, tile_size=0):
-        device = torch_device()
-        vae = model.vae(device=device)
-        samples = latents["samples"]
-        progress = Progress(1)
-        budget = None if tile_size else _vae_memory_budget(device)
-        plan = getattr(model, "plan", None)
-        if budget is not None and plan is not None and plan.vae_budget:
-            budget = min(budget, plan.vae_budget)  # the same memory plan as the sampler (models/memory.py)
-        try:
-            with _placed(model, vae, device):
-                video = vae.decode(
-                    samples, tile_size=tile_size or None, memory_budget=budget, device=device,
-                    progress=progress.callback, interrupt=check_interrupt,
-                )  # fmt: skip
-        except Exception as error:
-            if not is_out_of_memory(error):
-                raise
-            from ..models.memory import oom_advice
-
-            free_memory()
-            _, _, latent_frames, h, w = samples.shape
-            raise RuntimeError(oom_advice(getattr(model, "memory_mode", "auto"), "?", w * 8, h * 8,
-                                          (latent_frames - 1) * 4 + 1, stage="decode")) from None
-        finally:
-            free_memory()
+        video = _run_vae(model, "decode", latents["samples"], tile_size)
         images = video[0].permute(1, 2, 3, 0).float().cpu().contiguous()  # [3,T,H,W] → [T,H,W,3]
         return (images, images.shape[0], float(latents.get("fps", FPS)))
 
@@ -87,18 +95,8 @@ class EasyAnimateVAEEncode:
         }
 
     def encode(self, model, images, tile_size=0):
-        device = torch_device()
-        vae = model.vae(device=device)
         video = images[..., :3].permute(3, 0, 1, 2).unsqueeze(0).float() * 2.0 - 1.0  # [1,3,T,H,W] in [-1,1]
-        progress = Progress(1)
-        try:
-            with _placed(model, vae, device):
-                samples = vae.encode(
-                    video, tile_size=tile_size or None, memory_budget=None if tile_size else _vae_memory_budget(device),
-                    device=device, progress=progress.callback, interrupt=check_interrupt,
-                )  # fmt: skip
-        finally:
-            free_memory()
+        samples = _run_vae(model, "encode", video, tile_size)
         return ({"samples": samples.cpu(), "version": model.version, "fps": FPS},)
 
 

@@ -1,0 +1,222 @@
+"""The VAE module: encode / decode run the blocks chunk by chunk in time (causal executor) and tile by tile in space."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .. import ops as default_ops
+from .blocks import CausalState, Decoder, Encoder
+from .config import Interrupt, Progress, VAEConfig, VAEConfigError, VAEInputError
+from .memory import estimate_working_bytes
+from .tiling import latent_frame_count, pixel_frame_count, plan_tiles
+
+# --------------------------------------------------------------------------------------------------------------------
+# The VAE
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class VAE(nn.Module):
+    """EasyAnimate causal 3D VAE. `encode` maps [B, 3, T, H, W] video in [-1, 1] to scaled latents
+    [B, 16, T_lat, H/8, W/8] (posterior mode x scaling_factor); `decode` maps them back to [B, 3, T, H, W] in [0, 1].
+
+    Both stream the clip in temporal chunks (released schedule: first frame alone, then 4 frames / 1 latent frame)
+    and optionally in overlapping spatial tiles; see `encode` / `decode` for the knobs."""
+
+    def __init__(self, config: VAEConfig, ops=None, compute_dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        if config.mid_block_use_attention is None:
+            raise VAEConfigError("mid_block_use_attention is undecided; load_vae resolves it from the weights")
+        config.validate()
+        ops = default_ops.resolve(ops)
+        self.config = config
+        self.compute_dtype = compute_dtype  # None: the dtype the weights are stored in
+        self.encoder = Encoder(config, ops)
+        self.decoder = Decoder(config, ops)
+        self.quant_conv = ops.Conv3d(2 * config.latent_channels, 2 * config.latent_channels, kernel_size=1)
+        self.post_quant_conv = ops.Conv3d(config.latent_channels, config.latent_channels, kernel_size=1)
+
+    # -- placement -----------------------------------------------------------------------------------------------
+
+    def _compute_placement(self, device: torch.device | str | None) -> tuple[torch.device, torch.dtype]:
+        weight = self.post_quant_conv.weight
+        dtype = self.compute_dtype or weight.dtype
+        if not dtype.is_floating_point or dtype.itemsize < 2:  # fp8 storage computes in bf16 (ops upcasts)
+            dtype = torch.bfloat16
+        return torch.device(device) if device is not None else weight.device, dtype
+
+    def _choose_tile(self, tile_size: int | None, tile_overlap: int | None, memory_budget: int | None,
+                     height: int, width: int, batch: int, element_size: int, direction: str,
+                     chunk_frames: int | None) -> tuple[int | None, int]:
+        """(tile edge, overlap) in latent pixels; tile None = no tiling."""
+        ratio = self.config.spatial_ratio
+        if tile_size is None and memory_budget is not None:
+            tile_size = self.auto_tile_size(height, width, memory_budget, batch, element_size, direction,
+                                            chunk_frames)
+        if tile_size is None:
+            return None, 0
+        tile_latent = tile_size // ratio
+        if tile_latent < 2:
+            raise ValueError(f"tile_size {tile_size} px is too small: tiles must be at least {2 * ratio} px")
+        overlap = tile_overlap if tile_overlap is not None else tile_size // 4
+        overlap_latent = overlap // ratio
+        if not 0 <= overlap_latent < tile_latent:
+            raise ValueError(f"tile_overlap {overlap} px must be >= 0 and smaller than tile_size {tile_size} px")
+        return tile_latent, overlap_latent
+
+    def auto_tile_size(self, height: int, width: int, memory_budget: int, batch: int = 1, element_size: int = 4,
+                       direction: Literal["decode", "encode"] = "decode", chunk_frames: int | None = None
+                       ) -> int | None:
+        """Largest square tile (pixels, in steps of 8 latent pixels) whose estimated working memory fits
+        `memory_budget` bytes; None when the whole frame fits (no tiling). Never below 16 latent pixels."""
+        def fits(h: int, w: int) -> bool:
+            return estimate_working_bytes(self.config, h, w, batch, element_size, direction,
+                                          chunk_frames) <= memory_budget
+
+        if fits(height, width):
+            return None
+        step = 8 * self.config.spatial_ratio
+        tile = max(height, width) // step * step
+        while tile > 2 * step and not fits(min(tile, height), min(tile, width)):
+            tile -= step
+        return max(tile, 2 * step)
+
+    # -- encode ----------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor, *, tile_size: int | None = None, tile_overlap: int | None = None,
+               memory_budget: int | None = None, chunk_frames: int | Literal["whole"] | None = None,
+               device: torch.device | str | None = None, out_dtype: torch.dtype = torch.float32,
+               progress: Progress | None = None, interrupt: Interrupt | None = None) -> torch.Tensor:
+        """Video [B, 3, T, H, W] in [-1, 1] (T = 1 or 4k+1, H and W multiples of 8) -> latents
+        [B, 16, 1+k, H/8, W/8] = posterior mode x scaling_factor (§1.2), in `out_dtype` on the video's device.
+
+        tile_size / tile_overlap: spatial tiles in pixels (overlap default tile/4), blended linearly in latent space;
+        memory_budget: bytes of working memory to pick a tile size automatically (ignored when tile_size is given);
+        chunk_frames: pixel frames per chunk after the first frame (default config mini_batch_encoder = 4; a
+        multiple of 4), or "whole" for a single pass over the clip; device: where to compute (default: the weights').
+        `interrupt()` runs before and `progress(done, total)` after every chunk of every tile."""
+        config = self.config
+        if video.ndim != 5:
+            raise VAEInputError(f"encode expects a video tensor [batch, channels, frames, height, width]; got shape "
+                                f"{tuple(video.shape)}")
+        batch, channels, frames, height, width = video.shape
+        if channels != config.in_channels:
+            raise VAEInputError(f"encode expects {config.in_channels} (RGB) channels in dim 1 of [B, C, T, H, W]; "
+                                f"got {channels} (shape {tuple(video.shape)})")
+        latent_frames = latent_frame_count(frames, config.temporal_ratio)
+        ratio = config.spatial_ratio
+        if height % ratio or width % ratio:
+            raise VAEInputError(f"encode needs height and width divisible by {ratio}; got {height}x{width}. Resize "
+                                f"or crop to e.g. {height // ratio * ratio}x{width // ratio * ratio}.")
+        if chunk_frames == "whole":
+            chunks = [(0, frames)]
+        else:
+            step = chunk_frames or config.mini_batch_encoder
+            if step < 1 or step % config.temporal_ratio:
+                raise ValueError(f"chunk_frames must be a positive multiple of {config.temporal_ratio}, got {step}")
+            chunks = [(0, 1)] + [(t, min(t + step, frames)) for t in range(1, frames, step)]
+        compute_device, dtype = self._compute_placement(device)
+        tile_latent, overlap_latent = self._choose_tile(
+            tile_size, tile_overlap, memory_budget, height, width, batch, dtype.itemsize, "encode",
+            None if chunk_frames == "whole" else chunk_frames)
+        tiles = plan_tiles(height // ratio, width // ratio, tile_latent, overlap_latent, out_scale=1)
+
+        out = torch.zeros(batch, config.latent_channels, latent_frames, height // ratio, width // ratio,
+                          dtype=out_dtype, device=video.device)
+        total, done = len(tiles) * len(chunks), 0
+        for tile in tiles:
+            state = CausalState()
+            latent_t = 0
+            for t0, t1 in chunks:
+                if interrupt is not None:
+                    interrupt()
+                x = video[:, :, t0:t1, tile.y0 * ratio:tile.y1 * ratio, tile.x0 * ratio:tile.x1 * ratio]
+                x = x.to(device=compute_device, dtype=dtype)
+                mean = self.quant_conv(self.encoder(x, state))[:, :config.latent_channels]  # posterior mode
+                target = out[:, :, latent_t:latent_t + mean.shape[2], tile.y0:tile.y1, tile.x0:tile.x1]
+                mean = mean.to(device=out.device, dtype=out_dtype)
+                if tile.weight is None:
+                    target.copy_(mean)
+                else:
+                    target.addcmul_(mean, tile.weight.to(device=out.device, dtype=out_dtype))
+                latent_t += mean.shape[2]
+                del x, mean
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+        return out.mul_(config.scaling_factor)
+
+    # -- decode ----------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, *, tile_size: int | None = None, tile_overlap: int | None = None,
+               memory_budget: int | None = None, chunk_frames: int | Literal["whole"] | None = None,
+               device: torch.device | str | None = None, out_dtype: torch.dtype = torch.float32,
+               postprocess: bool = True, progress: Progress | None = None,
+               interrupt: Interrupt | None = None) -> torch.Tensor:
+        """Latents [B, 16, 1+k, h, w] (scaled, as `encode` returns) -> video [B, 3, 4k+1, 8h, 8w] in [0, 1], i.e.
+        `(decoder(latents / scaling_factor).clamp(-1, 1) + 1) / 2` (§1.2), in `out_dtype` on the latents' device.
+        postprocess=False returns the raw decoder output instead (about [-1, 1], unclamped).
+
+        tile_size / tile_overlap: spatial tiles in output pixels (overlap default tile/4), blended linearly in pixel
+        space; memory_budget: bytes of working memory to pick a tile size automatically; chunk_frames: latent frames
+        per chunk after the first (default config mini_batch_decoder = 1) or "whole"; device: where to compute.
+        Decoded frames are written straight into one preallocated output, so working memory does not grow with T.
+        `interrupt()` runs before and `progress(done, total)` after every chunk of every tile."""
+        config = self.config
+        if latents.ndim != 5:
+            raise VAEInputError(f"decode expects latents [batch, channels, frames, height, width]; got shape "
+                                f"{tuple(latents.shape)}")
+        batch, channels, latent_frames, latent_height, latent_width = latents.shape
+        if channels != config.latent_channels:
+            raise VAEInputError(f"decode expects {config.latent_channels} latent channels in dim 1 of "
+                                f"[B, C, T, H, W]; got {channels} (shape {tuple(latents.shape)})")
+        if latent_frames < 1:
+            raise VAEInputError("decode got latents with 0 frames; at least 1 latent frame is needed")
+        if chunk_frames == "whole":
+            chunks = [(0, latent_frames)]
+        else:
+            step = chunk_frames or config.mini_batch_decoder
+            if step < 1:
+                raise ValueError(f"chunk_frames must be >= 1, got {step}")
+            chunks = [(0, 1)] + [(t, min(t + step, latent_frames)) for t in range(1, latent_frames, step)]
+        ratio = config.spatial_ratio
+        frames = pixel_frame_count(latent_frames, config.temporal_ratio)
+        height, width = latent_height * ratio, latent_width * ratio
+        compute_device, dtype = self._compute_placement(device)
+        tile_latent, overlap_latent = self._choose_tile(
+            tile_size, tile_overlap, memory_budget, height, width, batch, dtype.itemsize, "decode",
+            None if chunk_frames == "whole" else chunk_frames)
+        tiles = plan_tiles(latent_height, latent_width, tile_latent, overlap_latent, out_scale=ratio)
+
+        out = torch.empty if len(tiles) == 1 else torch.zeros
+        video = out(batch, config.out_channels, frames, height, width, dtype=out_dtype, device=latents.device)
+        total, done = len(tiles) * len(chunks), 0
+        for tile in tiles:
+            state = CausalState()
+            weight = None if tile.weight is None else tile.weight.to(device=video.device, dtype=out_dtype)
+            pixel_t = 0
+            for t0, t1 in chunks:
+                if interrupt is not None:
+                    interrupt()
+                z = latents[:, :, t0:t1, tile.y0:tile.y1, tile.x0:tile.x1]
+                z = z.to(device=compute_device, dtype=dtype) / config.scaling_factor
+                decoded = self.decoder(self.post_quant_conv(z), state).to(device=video.device, dtype=out_dtype)
+                target = video[:, :, pixel_t:pixel_t + decoded.shape[2],
+                               tile.y0 * ratio:tile.y1 * ratio, tile.x0 * ratio:tile.x1 * ratio]
+                if weight is None:
+                    target.copy_(decoded)
+                else:
+                    target.addcmul_(decoded, weight)
+                pixel_t += decoded.shape[2]
+                del z, decoded
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+        if postprocess:
+            video.clamp_(-1.0, 1.0).add_(1.0).mul_(0.5)
+        return video
+

@@ -336,23 +336,31 @@ def test_interrupt_is_checked_before_every_frame_and_stops_the_batch(method, fak
     assert calls == [1, 2]
 
 
-def test_network_methods_run_with_the_hub_offline_and_restore_the_environment(fake_weights, monkeypatch):
+def test_network_methods_load_without_network_and_leave_process_settings_alone(fake_weights, monkeypatch):
+    import socket
+
     import huggingface_hub.constants as hub_constants
 
+    def no_network(*args, **kwargs):
+        raise AssertionError("a control preprocessor tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket.socket, "connect_ex", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
     for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TORCH_FORCE_WEIGHTS_ONLY_LOAD"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    environment_before = dict(os.environ)
     seen = []
 
     def progress(done, total):
-        seen.append((os.environ.get("HF_HUB_OFFLINE"), hub_constants.HF_HUB_OFFLINE,
-                     os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")))  # fmt: skip
+        seen.append((dict(os.environ) == environment_before, hub_constants.HF_HUB_OFFLINE))
 
-    preprocess(as_image(make_video(frames=1)), "hed", detect_resolution=SMALL_DETECT,
-               weights_dirs=[fake_weights("hed")], progress=progress)  # fmt: skip
-    assert seen == [("1", True, "1")]
-    assert "HF_HUB_OFFLINE" not in os.environ and "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ
-    assert hub_constants.HF_HUB_OFFLINE is False
+    maps = preprocess(as_image(make_video(frames=1)), "hed", detect_resolution=SMALL_DETECT,
+                      weights_dirs=[fake_weights("hed")], progress=progress)  # fmt: skip
+    assert maps.shape == (1, HEIGHT, WIDTH, 3)
+    assert seen == [(True, False)]  # nothing process-wide changed, not even during the call
+    assert dict(os.environ) == environment_before
 
 
 PAYLOAD_RUNS = []

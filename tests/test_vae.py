@@ -2,7 +2,8 @@
 
 Tiny widths (block_out_channels [8, 16, 32, 32], norm_num_groups 4) with the released block types,
 layers_per_block 2 and latent_channels 16; fp32 on CPU. diffusers 0.42.1 is the numerical oracle for the V5.1 form
-(no mid attention); the V5 mid attention is checked against a hand-written formula.
+(no mid attention); the V5 mid attention is a hand-written formula spliced into the diffusers oracle where the
+released code runs it (between the two mid-block resnets).
 """
 
 from __future__ import annotations
@@ -137,22 +138,77 @@ def test_decode_equals_diffusers_then_pipeline_postprocessing(diffusers_pair, fr
 # --- V5 mid-block attention -----------------------------------------------------------------------------------------
 
 
+def hand_attention(x: torch.Tensor, params: dict[str, torch.Tensor], groups: int) -> torch.Tensor:
+    """The V5 mid-block attention written from its formula, frame by frame, one head of dim C:
+    x + W_out·softmax(q kᵀ/√C)·v with q, k, v projections of GroupNorm(x) over the H·W pixels of one frame."""
+    batch, channels, frames, height, width = x.shape
+    out = torch.empty_like(x)
+    for b in range(batch):
+        for t in range(frames):
+            frame = x[b, :, t].reshape(channels, height * width)  # [C, H*W]
+            normed = F.group_norm(frame[None], groups, params["group_norm.weight"], params["group_norm.bias"],
+                                  1e-6)[0].T  # fmt: skip
+            q = normed @ params["to_q.weight"].T + params["to_q.bias"]
+            k = normed @ params["to_k.weight"].T + params["to_k.bias"]
+            v = normed @ params["to_v.weight"].T + params["to_v.bias"]
+            weights = torch.softmax(q @ k.T / math.sqrt(channels), dim=-1)
+            attended = (weights @ v) @ params["to_out.weight"].T + params["to_out.bias"] + frame.T
+            out[b, :, t] = attended.T.reshape(channels, height, width)
+    return out
+
+
 def test_spatial_attention_equals_hand_computed_single_head_formula():
     torch.manual_seed(0)
     attention = SpatialSelfAttention(channels=8, heads=1, groups=4, ops=None)
     perturb_(attention, 0.3, seed=2)
     x = torch.randn(2, 8, 3, 4, 5)  # [B, C, T, H, W]
-    out = attention(x)
-    for b in range(2):
-        for t in range(3):
-            frame = x[b, :, t].reshape(8, 20)  # [C, H*W]
-            normed = F.group_norm(frame[None], 4, attention.group_norm.weight, attention.group_norm.bias, 1e-6)[0].T
-            q = normed @ attention.to_q.weight.T + attention.to_q.bias
-            k = normed @ attention.to_k.weight.T + attention.to_k.bias
-            v = normed @ attention.to_v.weight.T + attention.to_v.bias
-            weights = torch.softmax(q @ k.T / math.sqrt(8), dim=-1)  # one head of dim C
-            expected = (weights @ v) @ attention.to_out.weight.T + attention.to_out.bias + frame.T
-            assert relative_error(out[b, :, t].reshape(8, 20).T, expected) <= 1e-5
+    with torch.no_grad():
+        expected = hand_attention(x, dict(attention.named_parameters()), groups=4)
+    assert relative_error(attention(x), expected) <= 1e-5
+
+
+class _AttentionThenResnet(torch.nn.Module):
+    """Stands in for diffusers' second mid-block resnet: the hand-written attention first, then that resnet, which is
+    where the released V5 code puts its mid attention (resnet, attention, resnet)."""
+
+    def __init__(self, resnet: torch.nn.Module, params: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.resnet, self.params = resnet, params
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.resnet(hand_attention(hidden_states, self.params, TINY["norm_num_groups"]))
+
+
+def v5_oracle_pair():
+    """(our V5 VAE, diffusers' V5.1 VAE with the hand-written attention spliced in before each mid block's second
+    resnet), same weights."""
+    from diffusers import AutoencoderKLMagvit
+
+    torch.manual_seed(0)
+    reference = AutoencoderKLMagvit(block_out_channels=list(TINY["block_out_channels"]),
+                                    norm_num_groups=TINY["norm_num_groups"]).eval()  # fmt: skip
+    perturb_(reference, 0.1, seed=1)
+    ours = tiny_vae(attention=True)
+    perturb_(ours, 0.3, seed=11)  # random attention weights
+    state = {k: v for k, v in ours.state_dict().items() if ".attentions." in k} | reference.state_dict()
+    ours.load_state_dict(state, strict=True)
+    for side in ("encoder", "decoder"):
+        mid = getattr(reference, side).mid_block
+        prefix = f"{side}.mid_block.attentions.0."
+        params = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        mid.convs[1] = _AttentionThenResnet(mid.convs[1], params)
+    return ours, reference
+
+
+def test_v5_mid_block_runs_attention_between_its_two_resnets_like_the_released_code():
+    ours, reference = v5_oracle_pair()
+    latents = torch.randn(1, 16, 2, 2, 3, generator=torch.Generator().manual_seed(12))
+    video = torch.rand(1, 3, 5, 16, 24, generator=torch.Generator().manual_seed(13)) * 2 - 1
+    with torch.no_grad():
+        decoded = reference.decode(latents / SCALE).sample
+        encoded = reference.encode(video).latent_dist.mode() * SCALE
+    assert relative_error(ours.decode(latents, postprocess=False), decoded) <= 1e-5
+    assert relative_error(ours.encode(video), encoded) <= 1e-5
 
 
 def test_mid_attention_changes_the_decoded_video():

@@ -99,6 +99,31 @@ def test_text_to_video_matches_diffusers(tiny_root, text_embeds):
     assert _relative_error(ours, theirs) <= REL_TOL
 
 
+def reference_image_to_video(start: torch.Tensor, end: torch.Tensor | None, frames: int):
+    """The reference's `get_image_to_video_latent`, written from its description (not from our code): the first start
+    image tiled over every frame, start images over the first frames with mask 0 (keep), the end image over the last
+    frame with mask 0; 255 (generate) elsewhere. Returns (video [1, 3, L, H, W] in [0, 1], mask [1, 1, L, H, W] in
+    {0, 255})."""
+    video = torch.tile(start[0][None, :, None], (1, 1, frames, 1, 1))
+    mask = torch.full((1, 1, frames, *start.shape[2:]), 255.0)
+    for index, image in enumerate(start):
+        video[0, :, index] = image
+        mask[0, :, index] = 0.0
+    if end is not None:
+        video[0, :, -1] = end[-1]
+        mask[0, :, -1] = 0.0
+    return video, mask
+
+
+def test_image_to_video_tiles_the_start_image_and_keeps_the_end_frame():
+    start, end = _frames(2, 1), _frames(1, 2)
+    expected_video, expected_mask = reference_image_to_video(start, end, 9)
+    video, mask = pipeline.image_to_video(start, end, 9)
+    assert torch.equal(video, expected_video)
+    assert torch.equal(mask * 255, expected_mask)
+    assert torch.equal(video[0, :, 5], start[0])  # an unknown middle frame still holds the tiled start image
+
+
 def test_image_to_video_with_start_and_end_image_matches_diffusers(tiny_root, text_embeds):
     import diffusers
 
@@ -106,15 +131,58 @@ def test_image_to_video_with_start_and_end_image_matches_diffusers(tiny_root, te
     start, end = _frames(1, 1), _frames(1, 2)
     # both draw the initial noise and then the masked-video noise augmentation from one seeded generator
     ours = _ours(model_dir, text_embeds, _request(start_images=start, end_images=end), given_noise=False)
-    video, mask = pipeline.image_to_video(start, end, FRAMES)
+    video, mask = reference_image_to_video(start, end, FRAMES)
     theirs = _theirs(
-        diffusers.EasyAnimateInpaintPipeline, model_dir, text_embeds, given_noise=False, video=video,
-        mask_video=mask * 255,
+        diffusers.EasyAnimateInpaintPipeline, model_dir, text_embeds, given_noise=False, video=video, mask_video=mask,
     )  # fmt: skip
     assert _relative_error(ours, theirs) <= REL_TOL
-    # the conditioning really took part: without images the result differs
-    plain = _ours(model_dir, text_embeds, _request(), given_noise=False)
+    # the end frame really took part (through the masked-video latent; the mask channel cannot show it)
+    start_only = _ours(model_dir, text_embeds, _request(start_images=start), given_noise=False)
+    assert _relative_error(start_only, theirs) > 10 * REL_TOL  # measured 6e-3 with these tiny random weights
+
+
+def test_video_to_video_starts_from_the_encoded_input_video_like_diffusers(tiny_root, text_embeds, monkeypatch):
+    import diffusers
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    # the original encodes the input video with the posterior mode; diffusers 0.42.1 samples it from the global RNG
+    # (docs/faithfulness.md, video-to-video): the oracle follows the original
+    monkeypatch.setattr(DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mode())
+
+    model_dir = tiny_root / "tiny-EasyAnimateV5.1-12b-zh-InP"
+    clip = _frames(FRAMES, 6)  # [T, 3, H, W] in [0, 1]
+    ours = _ours(model_dir, text_embeds, _request(input_video=clip, denoise_strength=0.5), given_noise=False)
+    video = clip.permute(1, 0, 2, 3).unsqueeze(0)  # [1, 3, T, H, W]
+    theirs = _theirs(
+        diffusers.EasyAnimateInpaintPipeline, model_dir, text_embeds, given_noise=False, video=video,
+        mask_video=torch.full((1, 1, FRAMES, HEIGHT, WIDTH), 255.0), strength=0.5,
+    )  # fmt: skip
+    assert _relative_error(ours, theirs) <= REL_TOL
+    other_clip = _ours(model_dir, text_embeds, _request(input_video=_frames(FRAMES, 7), denoise_strength=0.5),
+                       given_noise=False)  # fmt: skip
+    assert _relative_error(other_clip, theirs) > 100 * REL_TOL
+
+
+def test_guidance_rescale_matches_diffusers_over_the_whole_loop(tiny_root, text_embeds):
+    import diffusers
+
+    model_dir = tiny_root / "tiny-EasyAnimateV5.1-12b-zh"
+    ours = _ours(model_dir, text_embeds, _request(guidance_rescale=0.7))
+    theirs = _theirs(diffusers.EasyAnimatePipeline, model_dir, text_embeds, guidance_rescale=0.7)
+    assert _relative_error(ours, theirs) <= REL_TOL
+    plain = _ours(model_dir, text_embeds, _request())
     assert _relative_error(plain, theirs) > 100 * REL_TOL
+
+
+def test_guidance_rescale_equals_the_diffusers_formula():
+    from diffusers.pipelines.easyanimate.pipeline_easyanimate import rescale_noise_cfg
+
+    generator = torch.Generator().manual_seed(21)
+    uncond, cond = torch.randn(2, 16, 3, 4, 6, generator=generator), torch.randn(2, 16, 3, 4, 6, generator=generator)
+    cfg = uncond + 6.0 * (cond - uncond)
+    expected = rescale_noise_cfg(cfg, cond, guidance_rescale=0.7)
+    assert torch.allclose(pipeline.guidance(uncond, cond, 6.0, 0.7), expected, rtol=1e-6, atol=1e-6)
+    assert torch.equal(pipeline.guidance(uncond, cond, 6.0, 0.0), cfg)
 
 
 def test_control_video_with_reference_image_matches_diffusers(tiny_root, text_embeds):

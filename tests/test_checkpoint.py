@@ -10,12 +10,9 @@ import json
 import os
 import shutil
 import struct
-import time
 from pathlib import Path
 
 import pytest
-import safetensors
-import safetensors.torch
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -223,7 +220,7 @@ def proc_status_kib(field: str) -> int:
     raise KeyError(field)
 
 
-def test_detect_reads_only_the_header_of_a_multi_gigabyte_file(tmp_path, monkeypatch):
+def test_detect_reads_only_the_header_of_a_multi_gigabyte_file(tmp_path):
     shapes = released_shapes_v51_7b_inp()
     assert len(shapes) == 1169
     header, offset = {}, 0
@@ -238,17 +235,10 @@ def test_detect_reads_only_the_header_of_a_multi_gigabyte_file(tmp_path, monkeyp
         handle.truncate(8 + len(raw) + offset)  # sparse: 13.6 GB of holes, no disk used
     assert path.stat().st_size > 13 * 10**9
 
-    def no_tensor_reader(*args, **kwargs):
-        raise AssertionError("detect must not open the tensor data")
-
-    monkeypatch.setattr(safetensors, "safe_open", no_tensor_reader)
-    monkeypatch.setattr(safetensors.torch, "load_file", no_tensor_reader)
     rss_before = proc_status_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS mark: mmap-touched data would raise it
     chars_before = proc_io("rchar")
-    start = time.perf_counter()
     found = detect(path)
-    elapsed = time.perf_counter() - start
     read_bytes = proc_io("rchar") - chars_before
     peak_growth_kib = proc_status_kib("VmHWM") - rss_before
 
@@ -257,7 +247,6 @@ def test_detect_reads_only_the_header_of_a_multi_gigabyte_file(tmp_path, monkeyp
             found.transformer_config["num_attention_heads"]) == (36, 18, 48)
     assert read_bytes <= 2 * len(raw) + 64 * 1024  # the header (plus /proc reads), not 13.6 GB
     assert peak_growth_kib <= 64 * 1024  # no tensor data mapped in either (one 7B block alone is 480 MB)
-    assert elapsed <= 2.0
 
 
 # --- missing files and pickle refusal ---------------------------------------------------------------------------------------

@@ -20,18 +20,16 @@ KIJAI_IDS = {
 }  # fmt: skip
 
 PROBE = r"""
-import importlib.util, json, sys, time
+import importlib.util, json, sys
 import torch  # inside ComfyUI torch is always imported before any pack
 before = set(sys.modules)
-start = time.perf_counter()
 spec = importlib.util.spec_from_file_location(
     "ComfyUI-EasyAnimate-Nodes", sys.argv[1] + "/__init__.py", submodule_search_locations=[sys.argv[1]])
 module = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = module
 spec.loader.exec_module(module)
-elapsed = time.perf_counter() - start
 new = sorted(m.split(".")[0] for m in set(sys.modules) - before)
-print(json.dumps({"seconds": elapsed, "new_modules": sorted(set(new)), "nodes": sorted(module.NODE_CLASS_MAPPINGS)}))
+print(json.dumps({"new_modules": sorted(set(new)), "nodes": sorted(module.NODE_CLASS_MAPPINGS)}))
 """
 
 
@@ -42,9 +40,11 @@ def _probe():
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_pack_import_takes_under_one_second_after_torch():
-    # best of three: the first run also pays for cold disk caches
-    assert min(_probe()["seconds"] for _ in range(3)) < 1.0
+def test_pack_import_loads_nothing_but_the_pack_and_the_standard_library_after_torch():
+    # what makes an import slow is what it drags in; the time itself is a benchmark figure (benchmarks/pack_import.py)
+    probe = _probe()
+    extra = set(probe["new_modules"]) - {"ComfyUI-EasyAnimate-Nodes"} - set(sys.stdlib_module_names)
+    assert not extra, f"importing the pack loads {sorted(extra)}; import them inside the functions that need them"
 
 
 def test_pack_import_does_not_import_heavy_libraries():

@@ -10,6 +10,7 @@ differences from the original (reference/transformer.md §9) neutralised or meas
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 
@@ -88,7 +89,30 @@ def ours_from(diffusers_model, cfg: dict) -> EasyAnimateTransformer:
 def model_pair(style: str, kind: str):
     cfg = config(style, IN_CHANNELS[style, kind])
     theirs = perturbed_diffusers_model(cfg)
-    return ours_from(theirs, cfg), theirs
+    _CACHED_PAIRS[style, kind] = ours_from(theirs, cfg), theirs
+    return _CACHED_PAIRS[style, kind]
+
+
+def _cached_model_fingerprints() -> dict:
+    """Every tensor of every model `model_pair` has cached, as (dtype, exact sum): changes if a test edits one."""
+    fingerprints = {}
+    for key, pair in _CACHED_PAIRS.items():
+        for side, model in zip(("ours", "theirs"), pair):
+            fingerprints[key, side] = [(t.dtype, t.double().sum().item()) for t in model.state_dict().values()]
+    return fingerprints
+
+
+_CACHED_PAIRS: dict = {}
+
+
+@pytest.fixture(autouse=True)
+def cached_models_stay_untouched():
+    # the cached pairs are shared by every test in any order (CI runs them shuffled); a test that changes one
+    # would decide the outcome of the parity tests that run after it
+    before = _cached_model_fingerprints()
+    yield
+    after = _cached_model_fingerprints()
+    assert {key: after[key] for key in before} == before, "a test changed a cached model in place"
 
 
 def inputs(style: str, kind: str, frames: int, size: tuple[int, int], batch: int = 2, seed: int = 1):
@@ -194,11 +218,13 @@ def test_timestep_is_rounded_to_the_latent_dtype_first():
     ours, _ = model_pair("v5.1", "t2v")
     x = inputs("v5.1", "t2v", 1, (8, 12), batch=1)
     x = {k: v.to(torch.bfloat16) for k, v in x.items()}
+    bf16_model = copy.deepcopy(ours).to(torch.bfloat16)  # never touch the cached model other tests compare with
     with torch.no_grad():  # bf16(992.4) == 992 (spacing 4 in [512, 1024)), as the pipeline feeds it (§5.4)
-        a = ours.to(torch.bfloat16)(**{**x, "timestep": torch.tensor([992.4])})
-        b = ours(**{**x, "timestep": torch.tensor([992.0])})
-    ours.float()
+        a = bf16_model(**{**x, "timestep": torch.tensor([992.4])})
+        b = bf16_model(**{**x, "timestep": torch.tensor([992.0])})
+        c = bf16_model(**{**x, "timestep": torch.tensor([1000.0])})
     assert torch.equal(a, b)
+    assert not torch.equal(a, c)  # the timestep does reach the output
 
 
 # --- RoPE ----------------------------------------------------------------------------------------------------------

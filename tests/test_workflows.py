@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from models.variants import VARIANTS
 from run_workflow import LOADER, TINY_SIZE, run_on
 from workflow_api import CONTROL_VALUES, FRONTEND_ONLY_TYPES, combo_options, missing_node_types, widget_slots
 
@@ -127,8 +128,10 @@ def test_defaults_suit_the_real_models_on_a_24_gb_card():
         workflow = load(path)
         loader = next(n for n in workflow["nodes"] if n["type"] == LOADER)
         sampler = next(n for n in workflow["nodes"] if n["type"] == "EasyAnimateVideoSampler")
-        assert loader["widgets_values"][:3] == [loader["widgets_values"][0], "bf16", "fp8_e4m3fn"]
-        assert loader["widgets_values"][0].startswith("EasyAnimateV5.1-12b-zh")
+        model, precision, storage = loader["widgets_values"][:3]
+        assert (precision, storage) == ("bf16", "fp8_e4m3fn"), path.name
+        assert model in VARIANTS, f"{path.name}: {model!r} is not a released model folder name"
+        assert (VARIANTS[model].version, VARIANTS[model].size) == ("v5.1", "12b"), path.name
         assert sampler["widgets_values"][:5] == [672, 384, 49, 50, 6.0]  # width, height, frames, steps, cfg
 
 

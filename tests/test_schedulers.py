@@ -39,6 +39,13 @@ QUOTED = {
         "max_shift": 1.15,
     },
 }
+# What the oracle side runs with when a test passes no config: written here, never read from models/variants.py, so
+# a wrong key in the registry cannot agree with itself. The V5 keys beyond QUOTED are the CogVideoX DDIM recipe the V5
+# file was made from (no x0 clipping, ᾱ_final = 1, no offset; docs/faithfulness.md, schedulers).
+ORACLE_CONFIG = {
+    "v5": {**QUOTED["v5"], "clip_sample": False, "set_alpha_to_one": True, "steps_offset": 0},
+    "v5.1": dict(QUOTED["v5.1"]),
+}
 ALL = [(version, name) for version, names in SCHEDULERS_BY_VERSION.items() for name in names]
 SHAPE = (2, 4, 3, 4, 4)  # [B, C, T, H, W], tiny
 
@@ -61,7 +68,7 @@ def oracle(name: str, version: str, num_steps: int, strength: float = 1.0, confi
         "Flow UniPC": (diffusers.UniPCMultistepScheduler, flow_solver),
         "Flow DPM++": (diffusers.DPMSolverMultistepScheduler, flow_solver),
     }[name]
-    config = released_scheduler_config(version) if config is None else config
+    config = ORACLE_CONFIG[version] if config is None else config
     scheduler = cls.from_config(config, **extra)
     if version == "v5.1":
         scheduler.set_timesteps(num_steps, mu=1)
@@ -107,6 +114,12 @@ def run_side_by_side(name, version, num_steps, strength=1.0, dtype=torch.float32
 def test_default_config_carries_every_quoted_released_value(version):
     config = released_scheduler_config(version)
     assert {key: config[key] for key in QUOTED[version]} == QUOTED[version]
+
+
+@pytest.mark.parametrize("version", ["v5", "v5.1"])
+def test_registry_config_agrees_with_the_oracle_config_on_every_key_it_sets(version):
+    config = released_scheduler_config(version)
+    assert {key: config.get(key) for key in ORACLE_CONFIG[version]} == ORACLE_CONFIG[version]
 
 
 def test_each_version_offers_only_its_own_samplers():

@@ -106,11 +106,22 @@ def test_v51_reference_pad_positions_keep_real_tokens_identical_to_diffusers(v51
     assert max_abs(delta) <= 1e-6 * max_abs(diffusers_v51["positive"])
 
 
+def test_qwen_reference_position_ids_are_the_transformers_4_text_only_values():
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1]])
+    expected = torch.tensor([[0, 1, 2, 3, 1, 1], [0, 1, 1, 1, 1, 1], [0, 1, 2, 3, 4, 5]])  # by hand: pads at 1
+    positions = text.qwen_position_ids(mask)
+    assert positions.shape == (3, 3, 6)  # the same ids for the 3 mrope sections
+    assert all(torch.equal(section, expected) for section in positions)
+    sequential = text.qwen_position_ids(mask, "sequential")
+    assert all(torch.equal(section, torch.arange(6).expand(3, 6)) for section in sequential)
+
+
 def test_v51_reference_pad_positions_follow_the_transformers_4_rule(v51_dir, v51_embeddings, diffusers_v51):
-    """Pads get RoPE position 1 (cumsum(mask) - 1, pads filled with 1), as when V5.1 was trained."""
+    """Pads get RoPE position 1, real tokens 0..n-1 (transformers 4.x text-only rule), as when V5.1 was trained."""
     embeddings = v51_embeddings
     mask = diffusers_v51["positive_mask"]
-    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    # built token by token from the rule as stated, not with the code's cumsum formula
+    positions = torch.tensor([[index if index < row.sum() else 1 for index in range(row.numel())] for row in mask])
     assert positions[0, -1].item() == 1 and positions[0, 0].item() == 0
     from transformers import Qwen2Tokenizer
 

@@ -17,8 +17,9 @@ import torch
 from models.schedulers import DEFAULT_SCHEDULER, SCHEDULERS_BY_VERSION, make_scheduler
 from models.variants import released_scheduler_config
 
-# The facts every source quotes about the released scheduler/scheduler_config.json files (transformer.md
-# §5.1-§5.2, vae_and_text.md §3.1-§3.2); the other V5 DDIM keys are not known and come from models/variants.py.
+# The facts every source quotes about the released scheduler/scheduler_config.json files
+# (transformer.md §5.1-§5.2, vae_and_text.md §3.1-§3.2); the other V5 DDIM keys are not known and come from
+# models/variants.py.
 QUOTED = {
     "v5": {
         "_class_name": "DDIMScheduler",

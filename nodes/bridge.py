@@ -38,7 +38,8 @@ def comfy_root() -> Path | None:
 
 def register_model_folders() -> None:
     """Register our model folders with ComfyUI (unconditionally: folder_paths de-duplicates, and a conditional add
-    would skip the default folder whenever extra_model_paths.yaml names the key — reference/comfyui.md §3)."""
+    would skip the default folder whenever extra_model_paths.yaml names the key — docs/architecture.md, model
+    folders)."""
     folder_paths = _folder_paths()
     if folder_paths is None:
         return
@@ -149,7 +150,7 @@ def trim_host_heap() -> None:
         pass
 
 
-# -- model management (reference/comfyui.md §2) --------------------------------------------------------------------
+# -- model management (docs/memory.md, ComfyUI models) -------------------------------------------------------------
 
 
 def _mm():

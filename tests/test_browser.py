@@ -41,7 +41,8 @@ class Frontend:
         self.page, self.server = page, server
 
     def open(self) -> None:
-        self.server.post("/settings", {"Comfy.TutorialCompleted": True})  # no first-run templates dialog (§4.5)
+        # no first-run templates dialog (docs/architecture.md, tests)
+        self.server.post("/settings", {"Comfy.TutorialCompleted": True})
         self.page.goto(self.server.url)
         self.page.wait_for_function(READY, timeout=120_000)
 
@@ -87,7 +88,8 @@ class Frontend:
 
 
 def wait_for_new_history(server, known: set, timeout: float = 300.0) -> dict:
-    """The first /history entry not in `known` once it has finished (queuePrompt returns no id in 1.32.9, §4.5)."""
+    """The first /history entry not in `known` once it has finished (queuePrompt returns no id in 1.32.9,
+    docs/architecture.md, tests)."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         history = server.get("/history")

@@ -1,7 +1,8 @@
 """Specification of models/checkpoint.py (headers, detection, missing files, key renames, streaming loader) and of the
 tiny real-layout checkpoint set in tests/tiny_checkpoints.py.
 
-Reference: transformer.md §1–2 (configs, key names, §2.3 renames), vae_and_text.md §1.6 and §3 (folder layouts).
+Reference: docs/checkpoints.md, transformer config / transformer keys (configs, key names, docs/checkpoints.md,
+transformer keys renames), docs/checkpoints.md, VAE keys / folder layouts (folder layouts).
 """
 
 from __future__ import annotations
@@ -180,7 +181,7 @@ def test_detect_accepts_a_prefixed_single_file(tiny_root, tmp_path):
 
 
 def released_shapes_v51_7b_inp() -> dict[str, tuple[int, ...]]:
-    """Full-size V5.1-7B-InP tensor shapes, written from transformer.md §2.1–2.2 (1169 tensors)."""
+    """Full-size V5.1-7B-InP tensor shapes, written from docs/checkpoints.md, transformer keys (1169 tensors)."""
     d, t, h = 3072, 512, 64
     shapes = {"time_embedding.linear_1.weight": (t, d), "time_embedding.linear_1.bias": (t,),
               "time_embedding.linear_2.weight": (t, t), "time_embedding.linear_2.bias": (t,),
@@ -324,7 +325,7 @@ def test_weight_files_follow_the_shard_index(tiny_root, tmp_path):
     assert [p for p, _ in error.value.missing] == [copy / "model-00001-of-00002.safetensors"]
 
 
-# --- key renames (transformer.md §2.3) ------------------------------------------------------------------------------------
+# --- key renames (docs/checkpoints.md, transformer keys) --------------------------------------------------------------
 
 
 @pytest.mark.parametrize("original, diffusers", [
@@ -545,7 +546,8 @@ def test_tiny_transformer_key_counts_match_the_released_structure(tiny_root):
     def count(name):
         return len(read_safetensors_header(tiny_root / name / "transformer" / "diffusion_pytorch_model.safetensors"))
 
-    # released: 12B = 48 MMDiT blocks x 40 + 17 (V5.1) / 18 (V5); non-MMDiT blocks have 24 tensors (§2.2)
+    # released: 12B = 48 MMDiT blocks x 40 + 17 (V5.1) / 18 (V5); non-MMDiT blocks have 24 tensors (docs/checkpoints.md,
+    # transformer keys)
     assert count("tiny-EasyAnimateV5.1-12b-zh-InP") == 2 * 40 + 17
     assert count("tiny-EasyAnimateV5-12b-zh-InP") == 2 * 40 + 18
     assert count("tiny-EasyAnimateV5.1-7b-zh-InP") == 2 * 40 + 2 * 24 + 17

@@ -2,7 +2,7 @@
 
 Network methods are exercised through controlnet-aux's real loading code, offline, from a temporary folder of
 random-weight checkpoints written under the released file names and containers
-(reference/users_and_control.md §B.5). The OpenPose and MiDaS fakes are ~0.5 GB each: they are written once per
+(docs/checkpoints.md, annotator weights). The OpenPose and MiDaS fakes are ~0.5 GB each: they are written once per
 session, only when a test needs them, and deleted at the end.
 """
 

@@ -6,8 +6,8 @@ import sys
 
 from conftest import REPO_ROOT
 
-# Node ids of the official EasyAnimate plugin and kijai's EasyAnimateWrapper (reference/comfyui.md §8): ours must
-# differ so either pack can be installed beside this one.
+# Node ids of the official EasyAnimate plugin and kijai's EasyAnimateWrapper (docs/architecture.md, ComfyUI
+# integration): ours must differ so either pack can be installed beside this one.
 OFFICIAL_IDS = {
     "LoadEasyAnimateModel", "LoadEasyAnimateLora", "TextBox", "EasyAnimate_TextBox", "EasyAnimateT2VSampler",
     "EasyAnimateV5_T2VSampler", "EasyAnimateI2VSampler", "EasyAnimateV5_I2VSampler", "EasyAnimateV2VSampler",

@@ -203,7 +203,8 @@ def test_control_video_with_reference_image_matches_diffusers(tiny_root, text_em
 def test_inpaint_mask_channel_is_scaled_and_first_frame_resized_alone():
     video, mask = pipeline.image_to_video(torch.zeros(1, 3, 16, 16), torch.zeros(1, 3, 16, 16), 9)
     channel = pipeline.resize_mask(1.0 - mask, 3, 2, 2) * pipeline.VAE_SCALING_FACTOR
-    # frame 0 known → 0.7125; the end frame is invisible after the trilinear 8→2 resize (transformer.md §4.1.4)
+    # frame 0 known → 0.7125; the end frame is invisible after the trilinear 8→2 resize (docs/faithfulness.md,
+    # conditioning)
     assert torch.allclose(channel[0, 0, :, 0, 0], torch.tensor([0.7125, 0.0, 0.0]))
 
 

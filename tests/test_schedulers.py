@@ -18,8 +18,8 @@ from models.schedulers import DEFAULT_SCHEDULER, SCHEDULERS_BY_VERSION, make_sch
 from models.variants import released_scheduler_config
 
 # The facts every source quotes about the released scheduler/scheduler_config.json files
-# (transformer.md §5.1-§5.2, vae_and_text.md §3.1-§3.2); the other V5 DDIM keys are not known and come from
-# models/variants.py.
+# (docs/faithfulness.md, schedulers, docs/checkpoints.md, folder layouts); the other V5 DDIM keys are not known and come
+# from models/variants.py.
 QUOTED = {
     "v5": {
         "_class_name": "DDIMScheduler",
@@ -179,7 +179,7 @@ def test_initial_noise_scale_matches_diffusers(version, name):
 
 
 def test_flow_schedule_for_50_steps_has_the_documented_values():
-    # transformer.md §5.1: σ' = e·σ/(1+(e-1)·σ) on σ = linspace(1, 0.001, 50), then 0; t = 1000·σ'
+    # docs/faithfulness.md, schedulers: σ' = e·σ/(1+(e-1)·σ) on σ = linspace(1, 0.001, 50), then 0; t = 1000·σ'
     sampler = make_scheduler("Flow", "v5.1", 50)
     e = math.e
     grid = [1 - i * (1 - 0.001) / 49 for i in range(50)]
@@ -206,7 +206,8 @@ def test_euler_starts_at_sigma_4096_with_zero_terminal_snr():
 
 
 def test_model_timestep_is_rounded_to_the_latent_dtype():
-    # transformer.md §5.4: the pipeline casts t to the latent dtype: 992.40 → 992, 999 → 1000, 979 → 980 in bf16
+    # docs/faithfulness.md, timestep embedding: the pipeline casts t to the latent dtype: 992.40 → 992, 999 → 1000, 979
+    # → 980 in bf16
     flow = make_scheduler("Flow", "v5.1", 50)
     assert flow.model_timestep(1, 2, torch.bfloat16).tolist() == [992.0, 992.0]
     assert flow.model_timestep(1, 2, torch.bfloat16).dtype == torch.bfloat16

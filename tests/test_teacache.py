@@ -1,4 +1,4 @@
-"""TeaCache decisions (reference/transformer.md §6) on synthetic indicator sequences with hand-worked outcomes.
+"""TeaCache decisions (docs/faithfulness.md, TeaCache) on synthetic indicator sequences with hand-worked outcomes.
 
 Indicators are x_k = [1 + a_k, 1 - a_k]: mean|x_k| = 1 and mean|x_k - x_{k-1}| = |a_k - a_{k-1}|, so with dyadic
 a_k the relative L1 distance of each call is exactly |a_k - a_{k-1}|.

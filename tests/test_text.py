@@ -1,7 +1,8 @@
 """Prompt encoding (models/text.py) against the reference behaviour, on tiny real tokenizers and encoders.
 
 V5.1 is checked against diffusers 0.42.1 `EasyAnimatePipeline.encode_prompt` (the test-time oracle), V5 against a
-direct transformers computation written here from vae_and_text.md §2.2. Tiny folders come from tests/tiny_text.py.
+direct transformers computation written here from docs/faithfulness.md, text encoders. Tiny folders come from
+tests/tiny_text.py.
 """
 
 from __future__ import annotations
@@ -212,7 +213,8 @@ def test_v51_fp8_storage_stays_within_10_percent_of_bf16(v51_dir):
 
 
 def v5_reference(v5_dir: Path, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """vae_and_text.md §2.2: fixed-length padding, special tokens, no attention mask, last hidden state."""
+    """docs/faithfulness.md, text encoders: fixed-length padding, special tokens, no attention mask, last hidden
+    state."""
     from transformers import BertModel, BertTokenizer, T5EncoderModel, T5Tokenizer
 
     outputs = []

@@ -1,7 +1,7 @@
 """Specification of models/transformer.py: numerically the original EasyAnimate MMDiT.
 
 Oracle: diffusers 0.42.1 `EasyAnimateTransformer3DModel` (test-time only) on identical random weights, with two known
-differences from the original (reference/transformer.md §9) neutralised or measured:
+differences from the original (docs/faithfulness.md, summary of differences) neutralised or measured:
   * RoPE: diffusers 0.42 computes the spatial grid as linspace(start, stop*(n-1)/n, n); the original (diffusers 0.31
     `get_3d_rotary_pos_embed`) uses numpy.linspace(start, stop, n, endpoint=False). They agree only when the crop
     starts at 0 (480x720-proportioned grids), so the parity tests hand diffusers the original tables.
@@ -42,7 +42,8 @@ def config(style: str, in_channels: int, num_layers: int = 2, mmdit_layers: int 
 
 
 def original_rope_tables(frames: int, grid_h: int, grid_w: int, head_dim: int = HEAD_DIM):
-    """Full-width (cos, sin) [N, head_dim] as the original pipeline builds them (§3.8), written from the spec."""
+    """Full-width (cos, sin) [N, head_dim] as the original pipeline builds them (docs/faithfulness.md, RoPE grid),
+    written from the spec."""
     ref_h, ref_w = 30, 45
     if grid_h / grid_w > ref_h / ref_w:
         rows, cols = ref_h, round(ref_h / grid_h * grid_w)
@@ -219,7 +220,8 @@ def test_timestep_is_rounded_to_the_latent_dtype_first():
     x = inputs("v5.1", "t2v", 1, (8, 12), batch=1)
     x = {k: v.to(torch.bfloat16) for k, v in x.items()}
     bf16_model = copy.deepcopy(ours).to(torch.bfloat16)  # never touch the cached model other tests compare with
-    with torch.no_grad():  # bf16(992.4) == 992 (spacing 4 in [512, 1024)), as the pipeline feeds it (§5.4)
+    # bf16(992.4) == 992 (spacing 4 in [512, 1024)), as the pipeline feeds it (docs/faithfulness.md, timestep embedding)
+    with torch.no_grad():
         a = bf16_model(**{**x, "timestep": torch.tensor([992.4])})
         b = bf16_model(**{**x, "timestep": torch.tensor([992.0])})
         c = bf16_model(**{**x, "timestep": torch.tensor([1000.0])})
@@ -274,7 +276,7 @@ def test_apply_rope_rotates_adjacent_pairs():
 
 
 def hand_computed_block(sd: dict, x, c, temb, cos, sin, text_out_proj: bool):
-    """One non-MMDiT block written out from reference/transformer.md §3.5-3.6 with explicit softmax attention."""
+    """One non-MMDiT block written out from docs/faithfulness.md, MMDiT blocks with explicit softmax attention."""
     w = lambda name: sd[name]  # noqa: E731
     e = F.silu(temb)
 
@@ -358,7 +360,8 @@ def test_7b_like_model_matches_diffusers_once_text_out_projection_is_restored(st
         x = inputs(style, "inp", frames, size)
         with torch.no_grad():
             got = ours(**x)
-        assert rel_err(got, run_diffusers(port, x)) > 1e-4  # the diffusers port diverges on the 7B layout (§9)
+        # the diffusers port diverges on the 7B layout (docs/faithfulness.md, summary of differences)
+        assert rel_err(got, run_diffusers(port, x)) > 1e-4
         assert rel_err(got, run_diffusers(fixed, x)) <= 1e-5
 
 
@@ -381,7 +384,7 @@ def test_original_key_names_and_shapes():
     assert len(shapes) == 17 + 2 * 40
 
 
-# --- released variants: parameter and tensor counts (reference/transformer.md §1.2, §2) ------------------------------
+# --- released variants: parameter and tensor counts (docs/checkpoints.md, variants / transformer keys) ---------------
 
 KEY_COUNTS = {("v5.1", "12b"): 1937, ("v5", "12b"): 1938, ("v5.1", "7b"): 1169, ("v5", "7b"): 1170}
 
@@ -396,7 +399,7 @@ def test_released_variant_parameter_and_key_counts(name):
     assert len(state) == KEY_COUNTS[variant.version, variant.size]
 
 
-# --- TeaCache hook (reference/transformer.md §6) ---------------------------------------------------------------------
+# --- TeaCache hook (docs/faithfulness.md, TeaCache) ------------------------------------------------------------------
 
 
 def test_teacache_with_zero_threshold_computes_every_step_exactly():

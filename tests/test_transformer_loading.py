@@ -98,7 +98,8 @@ def test_absent_config_keys_take_the_released_values_not_class_defaults(tiny_roo
     config_path = model_dir / "transformer" / "config.json"
     config = json.loads(config_path.read_text())
     for key in ("mmdit_layers", "text_embed_dim_t5", "norm_eps", "add_norm_text_encoder"):
-        config.pop(key, None)  # reference class defaults: 10000, 4096, 1e-5, False (transformer.md §1.3)
+        # reference class defaults: 10000, 4096, 1e-5, False (docs/checkpoints.md, transformer config)
+        config.pop(key, None)
     config_path.write_text(json.dumps(config))
     model = load_transformer(model_dir, dtype=torch.float32)
     assert (model.params.mmdit_layers, model.params.text_embed_dim_t5, model.params.norm_eps) == (2, 48, 1e-5)
@@ -127,7 +128,8 @@ def test_fp8_storage_equals_bf16_model_with_fp8_rounded_weights_and_stays_near_b
     fp8 = load_transformer(source, dtype=torch.bfloat16, storage_dtype=storage)
     bf16 = load_transformer(source, dtype=torch.bfloat16)
     rounded = load_transformer(source, dtype=torch.bfloat16)
-    with torch.no_grad():  # reference qfloat8: every parameter cast to fp8, compute in bf16 (transformer.md §7)
+    # reference qfloat8: every parameter cast to fp8, compute in bf16 (docs/faithfulness.md, qfloat8)
+    with torch.no_grad():
         for p in rounded.parameters():
             p.copy_(p.to(storage).to(torch.bfloat16))
     x = tiny_inputs(bf16.params, dtype=torch.bfloat16)

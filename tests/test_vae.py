@@ -1,4 +1,4 @@
-"""Specification of models/vae.py: the EasyAnimate causal 3D VAE (reference/vae_and_text.md §1).
+"""Specification of models/vae.py: the EasyAnimate causal 3D VAE (docs/faithfulness.md, VAE).
 
 Tiny widths (block_out_channels [8, 16, 32, 32], norm_num_groups 4) with the released block types,
 layers_per_block 2 and latent_channels 16; fp32 on CPU. diffusers 0.42.1 is the numerical oracle for the V5.1 form
@@ -87,7 +87,7 @@ def diffusers_pair():
 
 
 def test_released_parameter_counts_match_the_published_files():
-    # §1.6: V5 246,478,803 params (986 MB fp32); V5.1 / diffusers 244,375,507 (978 MB)
+    # docs/checkpoints.md, VAE keys: V5 246,478,803 params (986 MB fp32); V5.1 / diffusers 244,375,507 (978 MB)
     with torch.device("meta"):
         v5 = VAE(VAEConfig(mid_block_use_attention=True))
         v5_1 = VAE(VAEConfig(mid_block_use_attention=False))
@@ -440,7 +440,7 @@ def test_load_streams_into_the_requested_dtype_and_upcasts_v5_fp16_compute():
     fp16_v5 = load_vae(tiny_model_dir("EasyAnimateV5-12b-zh"), dtype=torch.float16)
     assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in fp16_v5.parameters()} == {torch.float16}
-    assert fp16_v5.compute_dtype == torch.float32  # reference upcast_vae for V5 + fp16 (§1.8)
+    assert fp16_v5.compute_dtype == torch.float32  # reference upcast_vae for V5 + fp16 (docs/faithfulness.md, VAE)
     latents = torch.randn(1, 16, 1, 2, 2, generator=torch.Generator().manual_seed(16))
     assert bf16.decode(latents).dtype == torch.float32
 

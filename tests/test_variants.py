@@ -1,6 +1,7 @@
 """Specification of models/variants.py: the registry of released EasyAnimate V5/V5.1 variants.
 
-Expected values are copied from reference/transformer.md §1.1–1.2, §5, §6 and vae_and_text.md §1.1, §3.
+Expected values are copied from docs/checkpoints.md, transformer config / variants; docs/faithfulness.md, schedulers /
+TeaCache and docs/checkpoints.md, VAE config / folder layouts.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from models.variants import (
     variant_for,
 )
 
-# name: (version, size, kind, layers, mmdit, in_channels, text_dim, t5_dim, norm, mask, ref, params) — §1.2
+# name: (version, size, kind, layers, mmdit, in_channels, text_dim, t5_dim, norm, mask, ref, params) —
+# docs/checkpoints.md, variants
 RELEASED = {
     "EasyAnimateV5-7b-zh": ("v5", "7b", "t2v", 36, 18, 16, 1024, 2048, False, False, False, 6_812_888_640),
     "EasyAnimateV5-7b-zh-InP": ("v5", "7b", "inp", 36, 18, 33, 1024, 2048, False, False, False, 6_813_097_536),
@@ -40,7 +42,7 @@ RELEASED = {
                                               True, 11_799_327_296),
 }
 
-# §1.1: identical in every released transformer config.json.
+# docs/checkpoints.md, transformer config: identical in every released transformer config.json.
 COMMON_FIELDS = {
     "_class_name": "EasyAnimateTransformer3DModel", "num_attention_heads": 48, "attention_head_dim": 64,
     "patch_size": 2, "out_channels": 16, "time_embed_dim": 512, "flip_sin_to_cos": True, "freq_shift": 0,
@@ -52,7 +54,8 @@ COMMON_FIELDS = {
 
 
 def parameter_count(config: dict) -> int:
-    """Parameters of the transformer a config describes, from the tensor shapes of transformer.md §2.1–2.2."""
+    """Parameters of the transformer a config describes, from the tensor shapes of docs/checkpoints.md, transformer
+    keys."""
     inner = config["num_attention_heads"] * config["attention_head_dim"]
     time_dim, head_dim, patch = config["time_embed_dim"], config["attention_head_dim"], config["patch_size"]
     linear = lambda n_in, n_out: n_in * n_out + n_out  # noqa: E731 — weight + bias
@@ -105,8 +108,8 @@ def test_transformer_config_holds_every_common_field_with_released_values(name):
 
 
 def test_configs_use_released_values_not_the_reference_class_defaults():
-    # class defaults (§1.3): mmdit_layers 10000, text_embed_dim(_t5) 4096, num_layers 30, heads 30,
-    # resize_inpaint_mask_directly False, enable_text_attention_mask True
+    # class defaults (docs/checkpoints.md, transformer config): mmdit_layers 10000, text_embed_dim(_t5) 4096, num_layers
+    # 30, heads 30, resize_inpaint_mask_directly False, enable_text_attention_mask True
     v5_7b = VARIANTS["EasyAnimateV5-7b-zh-InP"].transformer_config()
     assert (v5_7b["mmdit_layers"], v5_7b["num_layers"], v5_7b["num_attention_heads"]) == (18, 36, 48)
     assert (v5_7b["text_embed_dim"], v5_7b["text_embed_dim_t5"]) == (1024, 2048)
@@ -191,12 +194,13 @@ def test_released_scheduler_configs_give_the_documented_schedules():
 
     ddim = DDIMScheduler.from_config(released_scheduler_config("v5"))
     ddim.set_timesteps(50)
-    assert ddim.timesteps.tolist() == list(range(999, 0, -20))  # 999, 979, ..., 19 (transformer.md §5.2)
+    assert ddim.timesteps.tolist() == list(range(999, 0, -20))  # 999, 979, ..., 19 (docs/faithfulness.md, schedulers)
     assert float(ddim.alphas_cumprod[-1]) == 0.0  # zero terminal SNR
     flow = FlowMatchEulerDiscreteScheduler.from_config(released_scheduler_config("v5.1"))
     flow.set_timesteps(50, mu=1)
     sigmas = flow.sigmas.tolist()
-    expected = [math.e * s / (1 + (math.e - 1) * s) for s in (1.0, 1 - 0.999 / 49, 0.001)]  # §5.1, shift e
+    # docs/faithfulness.md, schedulers, shift e
+    expected = [math.e * s / (1 + (math.e - 1) * s) for s in (1.0, 1 - 0.999 / 49, 0.001)]
     assert abs(sigmas[0] - expected[0]) <= 1e-6 and abs(sigmas[1] - expected[1]) <= 1e-6
     assert abs(sigmas[-2] - expected[2]) <= 1e-6 and sigmas[-1] == 0.0
 

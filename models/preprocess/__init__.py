@@ -1,23 +1,24 @@
 """Control-video preprocessing (models/control.py re-exports this package): turn RGB frames into the condition maps EasyAnimate Control models were trained on.
 
 EasyAnimate V5 Control was trained on OpenPose, Scribble, Canny, Anime, MLSD, HED and Depth maps, and the pipeline
-takes them as an ordinary RGB frame batch that it resizes itself — see reference/users_and_control.md §B.1.
+takes them as an ordinary RGB frame batch that it resizes itself — see docs/faithfulness.md, control preprocessors.
 
 - Canny is plain OpenCV at the input's own resolution: no controlnet-aux, no weights.
 - Every other method runs a network from controlnet-aux 0.0.10, imported only when such a method runs (the import
   alone takes ~10 s). Weights come from local folders only (file names as in the lllyasviel/Annotators repository),
   every file checked with torch's weights-only unpickler first; no environment variable or hub
   setting is changed.
-- Output frames always have the input's size and count: controlnet-aux rounds sizes to multiples of 64 (§B.3), so
-  every map is resized back.
-- Video-aware: depth is normalised over the whole clip (per-frame min-max flickers, §B.3); MLSD errors are raised
-  instead of turning into black frames (controlnet-aux swallows them, §B.3); progress per frame, interrupt between
-  frames; the network runs on `device` and is released after the batch.
+- Output frames always have the input's size and count: controlnet-aux rounds sizes to multiples of 64
+  (docs/faithfulness.md, control preprocessors), so every map is resized back.
+- Video-aware: depth is normalised over the whole clip (per-frame min-max flickers, docs/faithfulness.md, control
+  preprocessors); MLSD errors are raised instead of turning into black frames (controlnet-aux swallows them,
+  docs/faithfulness.md, control preprocessors); progress per frame, interrupt between frames; the network runs on
+  `device` and is released after the batch.
 
 Installing controlnet-aux without letting pip replace the user's torch (its torchvision requirement can pull a
-different torch build, §B.2): `python -m pip install --no-deps controlnet-aux==0.0.10`, then its remaining
-requirements `timm scikit-image scipy huggingface_hub einops filelock importlib_metadata` into an environment that
-already has the torchvision matching its torch (ComfyUI installs one).
+different torch build, docs/architecture.md, control preprocessors): `python -m pip install --no-deps
+controlnet-aux==0.0.10`, then its remaining requirements `timm scikit-image scipy huggingface_hub einops filelock
+importlib_metadata` into an environment that already has the torchvision matching its torch (ComfyUI installs one).
 """
 
 from __future__ import annotations

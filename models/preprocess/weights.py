@@ -9,7 +9,8 @@ from typing import Iterable, Sequence
 
 METHODS = ("canny", "depth", "openpose", "mlsd", "hed", "scribble", "anime_lineart")
 ANNOTATORS_REPO = "lllyasviel/Annotators"
-# Weight files per method, named as in the lllyasviel/Annotators repository (§B.3). OpenPose always loads all three.
+# Weight files per method, named as in the lllyasviel/Annotators repository (docs/faithfulness.md, control
+# preprocessors). OpenPose always loads all three.
 WEIGHT_FILES: dict[str, tuple[str, ...]] = {
     "canny": (),
     "depth": ("dpt_hybrid-midas-501f0c75.pt",),
@@ -19,7 +20,8 @@ WEIGHT_FILES: dict[str, tuple[str, ...]] = {
     "scribble": ("ControlNetHED.pth",),  # scribble = HED edges thinned, blurred and thresholded
     "anime_lineart": ("netG.pth",),
 }
-# comfyui_controlnet_aux keeps downloads as <ckpts>/<hf repo id>/<file>; it also honours this variable (§B.6).
+# comfyui_controlnet_aux keeps downloads as <ckpts>/<hf repo id>/<file>; it also honours this variable
+# (docs/checkpoints.md, annotator weights).
 AUX_CKPTS_ENV = "AUX_ANNOTATOR_CKPTS_PATH"
 
 

@@ -10,7 +10,7 @@ Usage (the denoising loop lives in the pipeline):
     sampler = make_scheduler("Flow", "v5.1", num_steps=50, device=device, strength=1.0)
     latents = sampler.initial_latents(noise, x0=None)
     for i in range(sampler.num_model_calls):
-        t = sampler.model_timestep(i, batch_size=2, dtype=latents.dtype)     # transformer.md §5.4
+        t = sampler.model_timestep(i, batch_size=2, dtype=latents.dtype)     # docs/faithfulness.md, timestep embedding
         v = model(sampler.scale_input(latents, i), t)
         latents = sampler.step(v, i, latents, generator=generator)
 

@@ -26,7 +26,8 @@ class Sampler:
         full = self._build_schedule()  # full N-step timesteps as a 1-D tensor
         self._full_timesteps = full
         self._start = self._first_step()
-        self.timesteps = full[self._start :].to(device)  # what the model is fed (before the §5.4 cast)
+        # what the model is fed (before the docs/faithfulness.md, timestep embedding cast)
+        self.timesteps = full[self._start :].to(device)
         self._next_step = 0
 
     # -- set up ----------------------------------------------------------------------------------------------------
@@ -49,7 +50,8 @@ class Sampler:
         return len(self.timesteps)
 
     def model_timestep(self, i: int, batch_size: int, dtype: torch.dtype) -> torch.Tensor:
-        """The timestep tensor fed to the transformer: cast to the latent dtype, as the reference does (§5.4)."""
+        """The timestep tensor fed to the transformer: cast to the latent dtype, as the reference does
+        (docs/faithfulness.md, timestep embedding)."""
         return self.timesteps[i].expand(batch_size).to(dtype)
 
     def scale_input(self, x: torch.Tensor, i: int) -> torch.Tensor:

@@ -16,7 +16,7 @@ from .schedule import (
 
 # ---------------------------------------------------------------------------------------------------------------------
 # V5: DDPM family. Betas scaled_linear 0.00085 → 0.012, 1000 steps, zero terminal SNR, trailing spacing,
-# v-prediction: v = √ᾱ·ε - √(1-ᾱ)·x0 (transformer.md §5.2).
+# v-prediction: v = √ᾱ·ε - √(1-ᾱ)·x0 (docs/faithfulness.md, schedulers).
 
 
 class _DDPMSampler(Sampler):

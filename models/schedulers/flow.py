@@ -8,7 +8,8 @@ from .base import Sampler
 from .schedule import FLOW_MU, _check_flow_config, _flow_shift_mu, _np_linspace
 
 # ---------------------------------------------------------------------------------------------------------------------
-# V5.1: flow matching. Noisy latent x_σ = (1-σ)·x0 + σ·ε; the model predicts v ≈ ε - x0 (transformer.md §5.1).
+# V5.1: flow matching. Noisy latent x_σ = (1-σ)·x0 + σ·ε; the model predicts v ≈ ε - x0 (docs/faithfulness.md,
+# schedulers).
 
 
 class FlowEulerSampler(Sampler):
@@ -30,4 +31,5 @@ class FlowEulerSampler(Sampler):
 
     def _step(self, model_output, k, sample, generator):
         dt = self.sigmas[k + 1] - self.sigmas[k]
-        return (sample.to(torch.float32) + dt * model_output).to(model_output.dtype)  # fp32 step (§8.13)
+        # fp32 step (docs/faithfulness.md, schedulers)
+        return (sample.to(torch.float32) + dt * model_output).to(model_output.dtype)

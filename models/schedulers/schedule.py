@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 
 # Every EasyAnimate pipeline calls `scheduler.set_timesteps(N, mu=1)` for flow matching: an effective shift of
-# e ≈ 2.718 at every resolution; the configured `shift: 3.0` is ignored — reference/transformer.md §5.1.
+# e ≈ 2.718 at every resolution; the configured `shift: 3.0` is ignored — docs/faithfulness.md, schedulers.
 FLOW_MU = 1.0
 
 def randn(

@@ -17,9 +17,10 @@ from .config import NORM_EPS, SPATIOTEMPORAL_DOWN, SPATIOTEMPORAL_UP, VAEConfig,
 
 
 class CausalState:
-    """What one streamed pass carries from a temporal chunk to the next (§1.4): each causal conv's not-yet-consumed
-    input frames, and which temporal up-samplers have already emitted the clip's first frame. A fresh state means
-    "this chunk starts the clip". One per encode/decode call and tile, so the model itself stays re-entrant."""
+    """What one streamed pass carries from a temporal chunk to the next (docs/memory.md, VAE): each causal conv's
+    not-yet-consumed input frames, and which temporal up-samplers have already emitted the clip's first frame. A fresh
+    state means "this chunk starts the clip". One per encode/decode call and tile, so the model itself stays
+    re-entrant."""
 
     def __init__(self) -> None:
         self.conv_history: dict[nn.Module, torch.Tensor] = {}
@@ -29,7 +30,7 @@ class CausalState:
 def causal_conv(conv: nn.Conv3d, x: torch.Tensor, state: CausalState) -> torch.Tensor:
     """A 3D conv that is causal in time: output frame t sees input frames <= t. The clip start is padded by
     replicating its first frame (kernel-1) times; later chunks continue from the frames the previous chunk left
-    unconsumed, which makes chunked == whole-clip for any chunking (§1.3.1, pitfalls §5.2/§5.3)."""
+    unconsumed, which makes chunked == whole-clip for any chunking (docs/faithfulness.md, VAE)."""
     reach = conv.kernel_size[0] - 1
     stride = conv.stride[0]
     history = state.conv_history.pop(conv, None)
@@ -46,8 +47,8 @@ def causal_conv(conv: nn.Conv3d, x: torch.Tensor, state: CausalState) -> torch.T
 
 
 def frame_group_norm(norm: nn.GroupNorm, x: torch.Tensor, silu: bool) -> torch.Tensor:
-    """GroupNorm over (C/G, H, W) of every frame separately (`spatial_group_norm: true`, §1.3.2), optionally fused
-    with the SiLU that always follows it in the resnets and output heads."""
+    """GroupNorm over (C/G, H, W) of every frame separately (`spatial_group_norm: true`, docs/faithfulness.md, VAE),
+    optionally fused with the SiLU that always follows it in the resnets and output heads."""
     batch = x.shape[0]
     frames = rearrange(x, "b c t h w -> (b t) c h w")
     frames = norm(frames)
@@ -64,7 +65,8 @@ def _causal_conv3d(ops, in_channels: int, out_channels: int, stride: tuple[int, 
 
 
 class ResnetBlock(nn.Module):
-    """out = conv2(silu(GN2(conv1(silu(GN1(x)))))) + shortcut(x), per-frame norms, causal convs (§1.3.2)."""
+    """out = conv2(silu(GN2(conv1(silu(GN1(x)))))) + shortcut(x), per-frame norms, causal convs (docs/faithfulness.md,
+    VAE)."""
 
     def __init__(self, in_channels: int, out_channels: int, groups: int, ops=None) -> None:
         super().__init__()
@@ -84,7 +86,8 @@ class ResnetBlock(nn.Module):
 
 
 class Downsampler(nn.Module):
-    """Zero-pad right/bottom by 1, then a stride-(t,2,2) causal conv with no spatial padding (§1.3.3, §5.4)."""
+    """Zero-pad right/bottom by 1, then a stride-(t,2,2) causal conv with no spatial padding (docs/faithfulness.md,
+    VAE)."""
 
     def __init__(self, channels: int, temporal: bool, ops=None) -> None:
         super().__init__()
@@ -97,7 +100,7 @@ class Downsampler(nn.Module):
 
 class Upsampler(nn.Module):
     """Nearest x2 on H, W -> causal conv -> (temporal blocks) nearest x2 in time, except the clip's first frame,
-    which is never duplicated (§1.3.4, §5.5, §5.6)."""
+    which is never duplicated (docs/faithfulness.md, VAE)."""
 
     def __init__(self, channels: int, temporal: bool, ops=None) -> None:
         super().__init__()
@@ -117,8 +120,9 @@ class Upsampler(nn.Module):
 
 
 class SpatialSelfAttention(nn.Module):
-    """V5 mid-block attention within each frame (§1.3.5): tokens = the H*W positions of a frame; GroupNorm over
-    channels, q/k/v/out linears, softmax(q k^T / sqrt(head_dim)) v, residual from the un-normalised input."""
+    """V5 mid-block attention within each frame (docs/faithfulness.md, VAE): tokens = the H*W positions of a frame;
+    GroupNorm over channels, q/k/v/out linears, softmax(q k^T / sqrt(head_dim)) v, residual from the un-normalised
+    input."""
 
     def __init__(self, channels: int, heads: int, groups: int, ops=None) -> None:
         super().__init__()
@@ -142,7 +146,7 @@ class SpatialSelfAttention(nn.Module):
 
 
 class MidBlock(nn.Module):
-    """resnet, then (attention?, resnet) x (layers-1); attention only in V5 weights (§1.3.5)."""
+    """resnet, then (attention?, resnet) x (layers-1); attention only in V5 weights (docs/faithfulness.md, VAE)."""
 
     def __init__(self, channels: int, layers: int, groups: int, attention_heads: int | None, ops=None) -> None:
         super().__init__()
@@ -170,7 +174,8 @@ class DownBlock(nn.Module):
         ops = default_ops.resolve(ops)
         self.convs = nn.ModuleList(
             ResnetBlock(in_channels if i == 0 else out_channels, out_channels, groups, ops) for i in range(layers))
-        # the final level never down-samples, so V5's three "Temporal" levels compress time only 4x (§1.3.6)
+        # the final level never down-samples, so V5's three "Temporal" levels compress time only 4x
+        # (docs/faithfulness.md, VAE)
         self.downsampler = None if final else Downsampler(out_channels, kind == SPATIOTEMPORAL_DOWN, ops)
 
     def forward(self, x: torch.Tensor, state: CausalState) -> torch.Tensor:
@@ -195,7 +200,7 @@ class UpBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-    """[B, 3, T, H, W] -> [B, 2*latent, T_lat, H/8, W/8] (mean and log-variance), §1.3.6."""
+    """[B, 3, T, H, W] -> [B, 2*latent, T_lat, H/8, W/8] (mean and log-variance), docs/faithfulness.md, VAE."""
 
     def __init__(self, config: VAEConfig, ops=None) -> None:
         super().__init__()
@@ -220,7 +225,8 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """[B, latent, T_lat, h, w] -> [B, 3, T, 8h, 8w], §1.3.7. Up blocks have layers_per_block + 1 resnets."""
+    """[B, latent, T_lat, h, w] -> [B, 3, T, 8h, 8w], docs/faithfulness.md, VAE. Up blocks have layers_per_block + 1
+    resnets."""
 
     def __init__(self, config: VAEConfig, ops=None) -> None:
         super().__init__()

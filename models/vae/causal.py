@@ -91,7 +91,8 @@ class VAE(nn.Module):
                device: torch.device | str | None = None, out_dtype: torch.dtype = torch.float32,
                progress: Progress | None = None, interrupt: Interrupt | None = None) -> torch.Tensor:
         """Video [B, 3, T, H, W] in [-1, 1] (T = 1 or 4k+1, H and W multiples of 8) -> latents
-        [B, 16, 1+k, H/8, W/8] = posterior mode x scaling_factor (§1.2), in `out_dtype` on the video's device.
+        [B, 16, 1+k, H/8, W/8] = posterior mode x scaling_factor (docs/faithfulness.md, VAE), in `out_dtype` on the
+        video's device.
 
         tile_size / tile_overlap: spatial tiles in pixels (overlap default tile/4), blended linearly in latent space;
         memory_budget: bytes of working memory to pick a tile size automatically (ignored when tile_size is given);
@@ -158,8 +159,8 @@ class VAE(nn.Module):
                postprocess: bool = True, progress: Progress | None = None,
                interrupt: Interrupt | None = None) -> torch.Tensor:
         """Latents [B, 16, 1+k, h, w] (scaled, as `encode` returns) -> video [B, 3, 4k+1, 8h, 8w] in [0, 1], i.e.
-        `(decoder(latents / scaling_factor).clamp(-1, 1) + 1) / 2` (§1.2), in `out_dtype` on the latents' device.
-        postprocess=False returns the raw decoder output instead (about [-1, 1], unclamped).
+        `(decoder(latents / scaling_factor).clamp(-1, 1) + 1) / 2` (docs/faithfulness.md, VAE), in `out_dtype` on the
+        latents' device. postprocess=False returns the raw decoder output instead (about [-1, 1], unclamped).
 
         tile_size / tile_overlap: spatial tiles in output pixels (overlap default tile/4), blended linearly in pixel
         space; memory_budget: bytes of working memory to pick a tile size automatically; chunk_frames: latent frames

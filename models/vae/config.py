@@ -9,7 +9,7 @@ SPATIAL_DOWN = "SpatialDownBlock3D"
 SPATIOTEMPORAL_DOWN = "SpatialTemporalDownBlock3D"
 SPATIAL_UP = "SpatialUpBlock3D"
 SPATIOTEMPORAL_UP = "SpatialTemporalUpBlock3D"
-NORM_EPS = 1e-6  # hard-coded in every GroupNorm of the reference (§1.1)
+NORM_EPS = 1e-6  # hard-coded in every GroupNorm of the reference (docs/checkpoints.md, VAE config)
 CONFIG_NAME = "config.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -32,8 +32,9 @@ class VAEInputError(ValueError):
 
 @dataclass(frozen=True)
 class VAEConfig:
-    """The `vae/config.json` fields that shape the network (§1.1). Defaults are the RELEASED V5 values, never the
-    reference class defaults; `mid_block_use_attention=None` means "decide from the weights" (diffusers configs)."""
+    """The `vae/config.json` fields that shape the network (docs/checkpoints.md, VAE config). Defaults are the RELEASED
+    V5 values, never the reference class defaults; `mid_block_use_attention=None` means "decide from the weights"
+    (diffusers configs)."""
 
     in_channels: int = 3
     out_channels: int = 3
@@ -55,7 +56,7 @@ class VAEConfig:
 
     @property
     def temporal_ratio(self) -> int:
-        # the final block never down-samples, so only the "Temporal" blocks before it count (§1.3.6)
+        # the final block never down-samples, so only the "Temporal" blocks before it count (docs/faithfulness.md, VAE)
         return 2 ** sum(1 for kind in self.down_block_types[:-1] if kind == SPATIOTEMPORAL_DOWN)
 
     @classmethod

@@ -66,11 +66,12 @@ def load_vae(path: str | Path, dtype: torch.dtype = torch.float32, device: torch
     """Load the EasyAnimate VAE from a model folder (`<model>/vae/`), a vae folder, or a single `.safetensors` file.
 
     Folders: `config.json` + `diffusion_pytorch_model.safetensors` (original and `-diffusers` layouts; keys are the
-    same, §1.6). Mid attention is built iff the config says so; a diffusers config (no such key) defers to the
+    same, docs/checkpoints.md, VAE keys). Mid attention is built iff the config says so; a diffusers config (no such
+    key) defers to the
     weights. Single files: the released V5 config when their mid-attention keys are present, else V5.1, widths read
     from the tensor shapes; `config` overrides fields in both cases. Weights stream into a meta-built model in
     `dtype` on `device` with strict key checks (models/checkpoint.py). compute_dtype defaults to `dtype`, except
-    fp16 with V5 weights, which the reference always runs in fp32 (`upcast_vae`, §1.8)."""
+    fp16 with V5 weights, which the reference always runs in fp32 (`upcast_vae`, docs/faithfulness.md, VAE)."""
     from ..checkpoint import UnsafeCheckpointError, load_state_streaming, read_headers, weight_files
 
     path = Path(path).expanduser().absolute()
@@ -111,7 +112,7 @@ def load_vae(path: str | Path, dtype: torch.dtype = torch.float32, device: torch
                                 "vae/config.json and vae/diffusion_pytorch_model.safetensors, or a .safetensors file.")
 
     if compute_dtype is None and dtype == torch.float16 and vae_config.mid_block_use_attention:
-        compute_dtype = torch.float32  # V5 + fp16: reference upcasts the VAE to fp32 (§1.8, pitfall §5.11)
+        compute_dtype = torch.float32  # V5 + fp16: reference upcasts the VAE to fp32 (docs/faithfulness.md, VAE)
     with torch.device("meta"):
         vae = VAE(vae_config, ops=ops, compute_dtype=compute_dtype)
     load_state_streaming(vae, files, dtype, device=device)

@@ -15,7 +15,8 @@ from .config import VAEInputError
 
 
 def latent_frame_count(pixel_frames: int, temporal_ratio: int = 4) -> int:
-    """1 or 1 + 4k pixel frames -> 1 + k latent frames (§1.2); anything else raises with the nearest valid counts."""
+    """1 or 1 + 4k pixel frames -> 1 + k latent frames (docs/faithfulness.md, VAE); anything else raises with the
+    nearest valid counts."""
     if pixel_frames < 1 or (pixel_frames - 1) % temporal_ratio:
         below = 1 + max(0, (pixel_frames - 1) // temporal_ratio) * temporal_ratio
         above = below + temporal_ratio if pixel_frames > below else below

@@ -38,8 +38,7 @@ def comfy_root() -> Path | None:
 
 def register_model_folders() -> None:
     """Register our model folders with ComfyUI (unconditionally: folder_paths de-duplicates, and a conditional add
-    would skip the default folder whenever extra_model_paths.yaml names the key — docs/architecture.md, model
-    folders)."""
+    would skip the default folder whenever extra_model_paths.yaml names the key — reference/comfyui.md §3)."""
     folder_paths = _folder_paths()
     if folder_paths is None:
         return
@@ -150,7 +149,7 @@ def trim_host_heap() -> None:
         pass
 
 
-# -- model management (docs/memory.md, ComfyUI models) -------------------------------------------------------------
+# -- model management (reference/comfyui.md §2) --------------------------------------------------------------------
 
 
 def _mm():

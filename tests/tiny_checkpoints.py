@@ -1,7 +1,7 @@
 """Tiny random-weight EasyAnimate checkpoints in the RELEASED folder layouts (test fixtures).
 
 `ensure_tiny_checkpoints()` builds, once, a set of model folders named `tiny-<ReleasedName>`, laid out like the
-released repos (docs/checkpoints.md, folder layouts):
+released repos (reference/vae_and_text.md §3.1–3.3):
 
     model_index.json                      scheduler/scheduler_config.json (released settings)
     transformer/config.json               every released field, tiny widths/depths
@@ -93,8 +93,7 @@ def tiny_transformer_config(version: str, size: str, kind: str) -> dict:
     config = variant_for(version, size, kind).transformer_config()
     config.update(TINY_TRANSFORMER, **TINY_TEXT_DIMS[version], **TINY_LAYERS[size])
     if version == "v5":
-        # absent from the released V5 configs (docs/checkpoints.md, transformer config)
-        del config["add_norm_text_encoder"]
+        del config["add_norm_text_encoder"]  # absent from the released V5 configs (vae_and_text.md §2.4)
     return config
 
 
@@ -107,7 +106,7 @@ def tiny_vae_config(version: str) -> dict:
 
 
 def _model_index(version: str, kind: str) -> dict:
-    if version == "v5":  # stale class names, exactly as released (docs/checkpoints.md, folder layouts)
+    if version == "v5":  # stale class names, exactly as released (vae_and_text.md §3.1)
         return {
             "_class_name": "EasyAnimatePipeline_Multi_Text_Encoder", "_diffusers_version": "0.30.1",
             "scheduler": ["diffusers", "DDPMScheduler"], "text_encoder": ["transformers", "BertModel"],
@@ -161,7 +160,7 @@ def transformer_tensors(version: str, size: str, kind: str, seed: int) -> dict[s
 
 
 def vae_tensors(version: str, seed: int) -> dict[str, torch.Tensor]:
-    """fp32 VAE weights; V5 adds the two mid-block spatial attentions (docs/checkpoints.md, VAE keys)."""
+    """fp32 VAE weights; V5 adds the two mid-block spatial attentions (vae_and_text.md Appendix A)."""
     from diffusers import AutoencoderKLMagvit
 
     with torch.device("meta"):

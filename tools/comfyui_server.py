@@ -256,7 +256,7 @@ class ComfyServer:
                 elif kind == "execution_success":
                     result.status = "success"
                 elif kind == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
-                    break  # the end marker of this prompt (docs/architecture.md, tests)
+                    break  # the end marker of this prompt (reference/comfyui.md §5.5)
         finally:
             ws.close()
         history = self.get(f"/history/{prompt_id}").get(prompt_id, {})

@@ -25,7 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE = REPO_ROOT / ".cache" / "comfyui"
 # Installed by the user / CI explicitly; ComfyUI's own list must never replace them.
 TORCH_PACKAGES = {"torch", "torchvision", "torchaudio"}
-# Missing from 0.3.75's requirements.txt but imported by app/frontend_management.py (docs/architecture.md, tests).
+# Missing from 0.3.75's requirements.txt but imported by app/frontend_management.py (reference/comfyui.md §5.2).
 EXTRA_REQUIREMENTS = ["requests"]
 MARKER = ".easyanimate_provisioned"
 

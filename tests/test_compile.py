@@ -1,9 +1,9 @@
 """torch.compile per transformer block (models/compile.py): compiled == eager, and block swap / a LoRA-style patched
 Linear keep working without recompiling each pass.
 
-CPU note: the equality and block-swap tests use the "aot_eager" backend (the same Dynamo capture and AOT graph, no
-code generation) so they run in seconds on this 2-core box; one test runs the default "inductor" backend once on the
-tiny model.
+CPU note: Dynamo is slow on the 2-core CI box, so the tests use the "aot_eager" backend (the same Dynamo capture and
+AOT graph, no code generation) or a counting backend that runs the captured graph eagerly; one test runs the default
+"inductor" backend on the tiny model.
 """
 
 import torch
@@ -66,7 +66,7 @@ def test_inductor_compiled_blocks_match_eager_output():
 def test_compile_time_is_reported_once_after_every_block_ran():
     lines = []
     model = _model()
-    report = compile_blocks(model, backend="aot_eager", log=lines.append)
+    report = compile_blocks(model, backend=CountingBackend(), log=lines.append)
     latents, timestep, text = _inputs()
     with torch.inference_mode():
         for _ in range(3):
@@ -91,7 +91,7 @@ def test_block_swap_runs_compiled_blocks_without_recompiling_each_pass():
             third = model(latents, timestep, text)
     assert stats.block_loads == 3 * 3  # blocks 1..3 streamed in on each of the three passes
     assert backend.graphs == graphs_after_first_pass  # fresh weight copies are graph inputs, not recompiles
-    assert graphs_after_first_pass <= 2  # MMDiT blocks share one graph, shared-weight blocks another
+    assert 1 <= graphs_after_first_pass <= 2  # MMDiT blocks share one graph, shared-weight blocks another
     for out in (first, second, third):
         torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
 
@@ -113,7 +113,8 @@ def test_a_delta_added_to_compiled_linears_after_compiling_changes_the_output_li
     model = _model(lora_ops, seed=5)
     reference = _model(lora_ops, seed=5)
     latents, timestep, text = _inputs()
-    compile_blocks(model, backend="aot_eager", log=lambda line: None)
+    backend = CountingBackend()
+    compile_blocks(model, backend=backend, log=lambda line: None)
     with torch.inference_mode():
         before = model(latents, timestep, text)
         for target in (model, reference):
@@ -127,6 +128,7 @@ def test_a_delta_added_to_compiled_linears_after_compiling_changes_the_output_li
         expected = reference(latents, timestep, text)
     torch.testing.assert_close(after, expected, rtol=1e-5, atol=1e-5)
     assert (after - before).abs().max() > 1e-3
+    assert backend.graphs >= 1
 
 
 def test_uncompile_restores_the_eager_forward():

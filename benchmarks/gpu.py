@@ -295,8 +295,8 @@ def _mode_build(mode: str, plan, blocks: int, layers: int) -> tuple[str, str, ob
         return "fp8_e4m3fn", "scaled", (), blocks
     if mode == "model_cpu_offload":
         return "fp8_e4m3fn", "quality", "all", blocks
-    streamed = min(layers - plan.resident_blocks, blocks)
-    return plan.storage, "quality", range(blocks - streamed, blocks), blocks - streamed
+    streamed = min(layers - plan.resident_blocks, blocks)  # home in pinned host memory, as the loader leaves it
+    return plan.storage, "quality", "all", blocks - streamed
 
 
 def run_modes(setup: Setup, label: str, size, budget: Budget, peak: float, out: dict) -> None:
@@ -419,10 +419,13 @@ def run_plan_row(setup: Setup, label: str, row, budget: Budget, out: list) -> No
     record = {"key": key, "mode": plan.mode, "storage": plan.storage, "resident_blocks": plan.resident_blocks,
               "layers": layers, "planned_fits": plan.fits, "estimate": estimate, "vae_budget": plan.vae_budget,
               "planned_peak": plan.peak_vram, "card": card, "size": (width, height, frames)}  # fmt: skip
-    host = range(plan.resident_blocks, layers) if plan.mode == "sequential" else ()
+    # sequential: the whole model rests in pinned host memory (as the loader leaves it); the other modes run with
+    # every weight on the device, so it is created there (the same VRAM as after model offload's copy)
+    host = "all" if plan.mode == "sequential" else ()
     args = inputs(params, width, height, frames, device, setup.dtype)
     free(device)
     host_base = _rss()
+    model = others = None
     with card_cap(setup, card):
         try:
             with Peaks(device) as peaks:
@@ -432,13 +435,14 @@ def run_plan_row(setup: Setup, label: str, row, budget: Budget, out: list) -> No
                 placement = BlockSwap(model, device, plan.resident_blocks) if host else contextlib.nullcontext()
                 with placement:
                     record["step_s_full_depth"], _ = time_forward(model, args, device, 0)
-                del model, others
+                model = others = None
             record["measured"] = _peak(peaks, host_base)
             record["fits"] = True
         except Exception as error:
             if not _is_oom(error):
                 raise
             record.update(fits=False, measured=None, error=str(error).splitlines()[0])
+        model = others = None  # the failed step's frames went with the error; drop the weights too
         free(device)
         if plan.mode != "gpu":  # the text encoder phase runs alone: its weights must fit too
             try:
@@ -473,6 +477,7 @@ def run_vae(setup: Setup, size, budget: Budget, out: list, memory_budget: int | 
     latents = torch.randn(1, 16, (frames - 1) // 4 + 1, height // 8, width // 8)  # on the CPU, as the node holds them
     record = {"size": f"{height}x{width}x{frames}", "memory_budget": memory_budget, "card": card}
     host_base = _rss()
+    vae = None
     with card_cap(setup, card) if card else contextlib.nullcontext():
         try:
             with Peaks(device) as peaks:
@@ -483,12 +488,13 @@ def run_vae(setup: Setup, size, budget: Budget, out: list, memory_budget: int | 
                 vae.decode(latents, memory_budget=memory_budget, device=device)
                 _sync(device)
                 record["decode_s"] = time.perf_counter() - start
-                del vae
+                vae = None
             record.update(fits=True, peak=_peak(peaks, host_base), peak_host_rss=peaks.host_peak)
         except Exception as error:
             if not _is_oom(error):
                 raise
             record.update(fits=False, error=str(error).splitlines()[0])
+        vae = None
         free(device)
     out.append(record)
     tag = f"{label}_{height}x{width}x{frames}"

@@ -4,7 +4,6 @@ tests/test_gpu.py."""
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from models import attention as attn
 from models import ops as cast_ops

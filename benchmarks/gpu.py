@@ -373,6 +373,51 @@ def _print_mode(key: str, mode: str, row: dict) -> None:
         print(f"RESULT {key}_{mode}_{name}={value:.4g}", flush=True)
 
 
+def run_speed_options(setup: Setup, label: str, size, budget: Budget, out: dict) -> None:
+    """Attention backends (installed ones; error vs SDPA) on one block's attention shape, and torch.compile per block
+    on `setup.blocks` bf16 blocks: compile time (first call) and s/it scaled to the full depth, vs eager."""
+    from models.attention import BACKENDS, installed
+    from models.compile import compile_blocks
+
+    _, _, params = setup.models[label]
+    width, height, frames = size
+    key, device = _key(label, *size), setup.device
+    tokens = memory.video_tokens(width, height, frames) + TEXT_TOKENS
+    g = torch.Generator(device).manual_seed(3)
+    q, k, v = (torch.randn(2, params.num_attention_heads, tokens, params.attention_head_dim, generator=g,
+                           device=device, dtype=setup.dtype) for _ in range(3))  # fmt: skip
+    reference = BACKENDS["sdpa"](q, k, v).float()
+    attention = {}
+    for name, backend in BACKENDS.items():
+        problem = installed(name)
+        if problem is not None:
+            attention[name] = {"installed": False, "why": problem}
+            continue
+        seconds, result = time_forward(backend, (q, k, v), device, setup.repeats)
+        attention[name] = {"s": seconds, "rel_error_vs_sdpa": relative_error(result, reference),
+                           "ran_kernel": device.type == "cuda" and setup.dtype in (torch.float16, torch.bfloat16)}  # fmt: skip
+        print(f"RESULT {key}_attention_{name}_ms={seconds * 1e3:.4g}", flush=True)
+    del q, k, v, reference
+    out[f"{key}_attention"] = attention
+    if not budget.allows(f"{key} torch.compile", 120.0 if not setup.tiny else 5.0):
+        return
+    blocks = min(setup.blocks, params.num_layers)
+    args = inputs(params, width, height, frames, device, setup.dtype)
+    model = build_transformer(params, blocks, device, setup.dtype, "bf16")
+    eager_s, _ = time_forward(model, args, device, setup.repeats)
+    lines = []
+    report = compile_blocks(model, backend="eager" if setup.tiny else "inductor", log=lines.append)
+    compiled_s, _ = time_forward(model, args, device, setup.repeats)  # the warm-up call compiles
+    model = None
+    free(device)
+    scale = params.num_layers / blocks
+    out[f"{key}_compile"] = {"compile_s_blocks_built": report.first_call_seconds, "eager_s_per_it": eager_s * scale,
+                             "compiled_s_per_it": compiled_s * scale, "log": lines,
+                             "backend": report.backend}  # fmt: skip
+    print(f"RESULT {key}_compile_first_call_s={report.first_call_seconds:.4g}", flush=True)
+    print(f"RESULT {key}_compiled_over_eager={compiled_s / eager_s:.4g}", flush=True)
+
+
 @contextlib.contextmanager
 def card_cap(setup: Setup, card_bytes: int):
     """The simulated card: the allocator may hold at most card − CUDA reserve (what the planner budgets)."""
@@ -540,7 +585,7 @@ def main() -> None:
           f"{peak / 1e12:.3g} TFLOP/s ({peak_source}); budget {budget.seconds:.0f} s", flush=True)  # fmt: skip
     results = {"card": card, "torch": torch.__version__, "cuda": torch.version.cuda, "date_utc": now.isoformat(),
                "tiny": args.tiny, "peak_flops": peak, "peak_source": peak_source, "card_simulated_bytes":
-               setup.card_bytes, "modes": {}, "plans": [], "vae": [], "plan_vae_phases": [],
+               setup.card_bytes, "modes": {}, "plans": [], "vae": [], "plan_vae_phases": [], "speed_options": {},
                "skipped": budget.skipped}  # fmt: skip
     labels = list(setup.models)
     first_size, *other_sizes = setup.sizes
@@ -552,6 +597,7 @@ def main() -> None:
         run_vae(setup, size, budget, results["vae"])
     for label, size in [(labels[1], first_size)] + [(label, size) for size in other_sizes for label in labels]:
         run_modes(setup, label, size, budget, peak, results["modes"])
+    run_speed_options(setup, labels[0], first_size, budget, results["speed_options"])
     done = set()
     for row in results["plans"]:  # the VAE phase of each plan, once per (size, tile budget, card)
         phase = (tuple(row["size"]), row["vae_budget"], row["card"])

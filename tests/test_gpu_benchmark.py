@@ -40,3 +40,8 @@ def test_gpu_check_runs_every_section_in_tiny_mode(tmp_path):
     assert all(plan["fits"] and plan["vae_phase_measured"] for plan in data["plans"])
     assert results["plans_run"] == 6 and "plan_estimate_error_max" in results
     assert {v["size"] for v in data["vae"]} == {"32x32x5", "32x64x5"} and all(v["decode_s"] > 0 for v in data["vae"])
+    attention = data["speed_options"]["12b_32x32x5_attention"]
+    assert attention["sdpa"]["rel_error_vs_sdpa"] == 0 and set(attention) == {"sdpa", "sage", "flash"}
+    compiled = data["speed_options"]["12b_32x32x5_compile"]
+    assert compiled["compile_s_blocks_built"] > 0 and len(compiled["log"]) == 1  # reported once
+    assert results["12b_32x32x5_compiled_over_eager"] > 0

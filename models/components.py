@@ -31,6 +31,8 @@ class ModelComponents:
     fp8_mode: str = "quality"  # models/quant.py; only with an fp8 storage_dtype
     plan: object = None  # the models.memory.Plan the transformer was loaded for (None until then)
     companion: Path | None = None  # single-file transformer: the model folder lending VAE, text encoder, scheduler
+    attention: str = "auto"  # auto | sdpa | sage | flash (models/attention.py)
+    compile_blocks: bool = False  # torch.compile each transformer block (models/compile.py)
     _loaded: dict = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -100,10 +102,19 @@ class ModelComponents:
             needed = transformer_weight_bytes(self.path, self.dtype, storage, self.fp8_mode)
             check_ram(needed, f"the EasyAnimate transformer ({plan.storage})", self.path,
                       "Choose weight_storage fp8_e4m3fn (half the bytes), close other programs, or add swap/RAM.")
-        return load_transformer_fp8(
+        from .attention import resolve_attention
+
+        backend, attention = resolve_attention(self.attention, device, self.dtype, log)
+        model = load_transformer_fp8(
             self.path, dtype=self.dtype, storage_dtype=storage, fp8_mode=self.fp8_mode, device=load_device,
-            progress=progress, interrupt=interrupt,
+            progress=progress, interrupt=interrupt, attention=attention,
         )  # fmt: skip
+        model.attention_backend = backend
+        if self.compile_blocks:
+            from .compile import compile_blocks
+
+            compile_blocks(model, log=log)
+        return model
 
     def placement(self, transformer, device, stats=None):
         """Context manager putting the transformer where the plan wants it for one sampling run."""
@@ -163,7 +174,8 @@ _open_lock = threading.Lock()
 
 def open_model(path: str | Path, precision: str = "bf16", weight_storage: str | None = None,
                memory_mode: str = "auto", resident_blocks: int = 0, fp8_mode: str = "quality",
-               companion_candidates: list[Path] = ()) -> ModelComponents:
+               companion_candidates: list[Path] = (), attention: str = "auto",
+               compile_blocks: bool = False) -> ModelComponents:
     """Detect the model at `path` and return its (shared) components object for these settings.
 
     A single transformer file borrows its VAE, text encoder and scheduler from the first of `companion_candidates`
@@ -180,13 +192,19 @@ def open_model(path: str | Path, precision: str = "bf16", weight_storage: str | 
         raise ValueError(f"fp8_mode must be one of {FP8_MODES}, got {fp8_mode!r}")
     storage = STORAGE_DTYPES.get(weight_storage) if weight_storage else None
     fp8_mode = fp8_mode if storage is not None else "quality"  # only matters with fp8 storage
-    key = (str(path), precision, str(storage), memory_mode, int(resident_blocks), fp8_mode, path.stat().st_mtime_ns)
+    from .attention import ATTENTION_CHOICES
+
+    if attention not in ATTENTION_CHOICES:
+        raise ValueError(f"attention must be one of {ATTENTION_CHOICES}, got {attention!r}")
+    key = (str(path), precision, str(storage), memory_mode, int(resident_blocks), fp8_mode, path.stat().st_mtime_ns,
+           attention, bool(compile_blocks))
     with _open_lock:
         if key not in _open:
             detection = detect(path)
             companion = _companion(detection, companion_candidates) if detection.layout == "single_file" else None
             _open[key] = ModelComponents(path, detection, DTYPES[precision], storage, memory_mode,
-                                         int(resident_blocks), fp8_mode, companion=companion)  # fmt: skip
+                                         int(resident_blocks), fp8_mode, companion=companion, attention=attention,
+                                         compile_blocks=bool(compile_blocks))  # fmt: skip
         return _open[key]
 
 

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import sdpa
+
 
 def cast_like(param: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
     """Return `param` in `like`'s dtype and device (a view-free no-op when both already match)."""
@@ -49,7 +51,9 @@ class GroupNorm(nn.GroupNorm):
         return F.group_norm(x, self.num_groups, cast_like(self.weight, x), cast_like(self.bias, x), self.eps)
 
 
-cast = SimpleNamespace(Linear=Linear, Conv2d=Conv2d, Conv3d=Conv3d, LayerNorm=LayerNorm, GroupNorm=GroupNorm)
+# `attention(q, k, v)` [B, heads, tokens, head_dim]: the backend the transformer calls (models/attention.py)
+cast = SimpleNamespace(Linear=Linear, Conv2d=Conv2d, Conv3d=Conv3d, LayerNorm=LayerNorm, GroupNorm=GroupNorm,
+                       attention=sdpa)
 
 
 def resolve(ops: SimpleNamespace | None) -> SimpleNamespace:

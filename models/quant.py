@@ -161,9 +161,13 @@ def load_transformer_fp8(
     fp8_matmul: bool = False,
     progress: Callable[[int, int], None] | None = None,
     interrupt: Callable[[], None] | None = None,
+    attention=None,
 ):
     """`models.transformer.load_transformer` with the fp8 storage rule of `fp8_mode`: streams tensor by tensor from
-    safetensors straight into the held dtype (never a full bf16 copy in RAM). Non-fp8 storage ignores fp8_mode."""
+    safetensors straight into the held dtype (never a full bf16 copy in RAM). Non-fp8 storage ignores fp8_mode.
+    attention: the attention function to inject (models/attention.py; None = SDPA)."""
+    from .attention import with_attention
+
     from .checkpoint import load_state_streaming
     from .transformer import EasyAnimateTransformer, TransformerParams, _transformer_checkpoint
 
@@ -171,8 +175,9 @@ def load_transformer_fp8(
     config, files, rename = _transformer_checkpoint(source)
     params = TransformerParams.from_config(config)
     scaled = fp8_mode == "scaled" and storage_dtype in FP8_DTYPES
+    ops = scaled_ops(fp8_matmul) if scaled else cast_ops.cast
     with torch.device("meta"):
-        model = EasyAnimateTransformer(params, scaled_ops(fp8_matmul) if scaled else None)
+        model = EasyAnimateTransformer(params, ops if attention is None else with_attention(ops, attention))
     loader = _ScaledLoader(model, rule, storage_dtype, dtype) if scaled else None
     load_state_streaming(
         model, files, dtype, rename=rename, keep_dtype=loader.keep_dtype if loader else rule, strict=True,

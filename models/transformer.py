@@ -166,6 +166,7 @@ class Block(nn.Module):
         self.norm2 = AdaNormZero(dim, p.time_embed_dim, p.norm_eps, ops)
         self.ff = FeedForward(dim, ops)
         self.txt_ff = FeedForward(dim, ops) if mmdit else None
+        self.attention = getattr(ops, "attention", default_ops.cast.attention)  # q,k,v [B,H,N,D]; models/attention.py
 
     def forward(self, x: torch.Tensor, text: torch.Tensor, emb: torch.Tensor, rope):
         text_attn, text_ff = self.attn2 or self.attn1, self.txt_ff or self.ff
@@ -173,7 +174,7 @@ class Block(nn.Module):
         xq, xk, xv = self.attn1.qkv(x_mod)
         tq, tk, tv = text_attn.qkv(text_mod)
         xq, xk = apply_rope(xq, *rope), apply_rope(xk, *rope)  # video tokens only, after qk-norm (§3.5)
-        out = F.scaled_dot_product_attention(torch.cat([tq, xq], 2), torch.cat([tk, xk], 2), torch.cat([tv, xv], 2))
+        out = self.attention(torch.cat([tq, xq], 2), torch.cat([tk, xk], 2), torch.cat([tv, xv], 2))
         out = rearrange(out, "b h n d -> b n (h d)")  # sequence order [text, video]
         text_len = text.shape[1]
         x = torch.addcmul(x, gate, self.attn1.to_out[0](out[:, text_len:]))

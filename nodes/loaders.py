@@ -102,16 +102,20 @@ class EasyAnimateModelLoader:
                 "memory_mode": (["auto", "gpu", "model_cpu_offload", "sequential"], {"default": "auto"}),
                 "resident_blocks": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip": "sequential mode: transformer blocks kept on the GPU (0 = as many as fit)"}),
                 "fp8_mode": (["quality", "reference exact", "scaled"], {"default": "quality"}),
+                "attention": (["auto", "sdpa", "sage", "flash"], {"default": "auto", "tooltip": "auto: flash-attn if installed, else PyTorch SDPA. sage (SageAttention) is faster and changes the output slightly. A choice that is not installed falls back to SDPA with a message."}),
+                "compile": ("BOOLEAN", {"default": False, "tooltip": "torch.compile each transformer block: faster steps after a one-time compile (minutes) per video size; needs a working Triton/C++ compiler."}),
             },
         }
 
-    def load(self, model, precision, weight_storage, memory_mode="auto", resident_blocks=0, fp8_mode="quality"):
+    def load(self, model, precision, weight_storage, memory_mode="auto", resident_blocks=0, fp8_mode="quality",
+             attention="auto", compile=False):
         from ..models.components import open_model
 
         storage = None if weight_storage == WEIGHT_STORAGE[0] else weight_storage
         companions = [resolve_model(name) for name in list_models() if not name.startswith(SINGLE_FILE_PREFIX)]
         return (
-            open_model(resolve_model(model), precision, storage, memory_mode, resident_blocks, fp8_mode, companions),
+            open_model(resolve_model(model), precision, storage, memory_mode, resident_blocks, fp8_mode, companions,
+                       attention=attention, compile_blocks=compile),
         )
 
 

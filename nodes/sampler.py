@@ -140,6 +140,7 @@ class EasyAnimateVideoSampler:
             from ..models.memory import oom_advice
 
             latest.clear()
+            error.__traceback__ = None  # its frames hold the failed step's tensors: drop them before freeing
             free_memory()
             plan = model.plan
             raise RuntimeError(oom_advice(model.memory_mode if plan is None else plan.mode,

@@ -160,6 +160,38 @@ def read_pose_file(path: Path | str, fps: int = 8) -> CameraPath:
     return CameraPath((PoseRows(values[:, 1:5].clone(), values[:, 7:].reshape(-1, 3, 4).clone()),))
 
 
+POSE_SUBFOLDER = "camera_poses"
+
+
+def list_pose_files(folder: Path | None) -> list[str]:
+    """Pose files (*.txt) directly in `folder` or in its camera_poses/ sub-folder, as names relative to it."""
+    if folder is None or not folder.is_dir():
+        return []
+    names = [p.name for p in folder.glob("*.txt") if p.is_file()]
+    sub = folder / POSE_SUBFOLDER
+    if sub.is_dir():
+        names += [f"{POSE_SUBFOLDER}/{p.name}" for p in sub.glob("*.txt") if p.is_file()]
+    return sorted(names)
+
+
+def resolve_pose_file(folder: Path | None, name: str) -> Path:
+    """`name` inside `folder`, refusing names that climb out of it (absolute, '..'); the check is on the name, so a
+    symlinked pose file still works."""
+    if folder is None:
+        raise FileNotFoundError("no input folder to read pose files from (ComfyUI's input/ folder)")
+    root = folder.resolve()
+    parts = Path(name.replace("\\", "/")).parts
+    if not name or Path(name).is_absolute() or ".." in parts or len(parts) > 2:
+        raise ValueError(f"pose file name {name!r} leaves the input folder; use a name listed by the node")
+    candidate = root.joinpath(*parts)
+    if not candidate.is_file():
+        raise FileNotFoundError(
+            f"pose file {name!r} not found: put CameraCtrl / RealEstate10K .txt pose files into {root} or "
+            f"{root / POSE_SUBFOLDER}"
+        )
+    return candidate
+
+
 # -- Plücker rays (the Control-Camera conditioning) ------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .camera import CameraPath, camera_rays
+from .editing import keep_start_frames
 from .schedulers import make_scheduler, randn
 from .teacache import TeaCache, coefficients_for
 
@@ -318,9 +319,14 @@ def generate(
 
     conditioning = Conditioning()
     if kind == "inp":
-        if request.input_video is not None:
-            video = _video(request.input_video)
-            mask = torch.ones_like(video[:, :1]) if request.input_mask is None else _video(request.input_mask)
+        if request.input_video is not None or request.input_mask is not None:  # mask edit / video-to-video
+            source = request.input_video if request.input_video is not None else request.start_images
+            mask = request.input_mask
+            if mask is None:
+                mask = torch.ones(request.frames, 1, *source.shape[-2:])
+            if request.start_images is not None:  # keep frames 0..K-1 (extend, or animate part of an image)
+                source, mask = keep_start_frames(request.input_video, mask, request.start_images, request.frames)
+            video, mask = _video(source), _video(mask)
         else:
             video, mask = image_to_video(request.start_images, request.end_images, request.frames)
         conditioning.inpaint = inpaint_latents(

@@ -172,3 +172,66 @@ def test_pose_file_with_wrong_columns_names_the_file_and_the_layout(tmp_path):
     (tmp_path / "bad.txt").write_text("url\n1 2 3\n")
     with pytest.raises(ValueError, match=r"bad.txt.*19 numbers"):
         camera.read_pose_file(tmp_path / "bad.txt")
+
+
+# -- the whole Control-Camera loop ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", ["12b", "7b"])
+def test_control_camera_generation_matches_diffusers_fed_the_oracle_rays(tiny_root, size):
+    """Ours from a preset path vs diffusers' control pipeline fed the rays computed here from the formula; the
+    7B-like model checks channel assembly and shapes (diffusers differs from the original on its non-MMDiT blocks,
+    so there only ours runs, and a wrong camera would still change the result)."""
+    import test_pipeline as tp
+
+    model_dir = tiny_root / f"tiny-EasyAnimateV5.1-{size}-zh-Control-Camera"
+    embeds = (torch.randn(1, tp.TEXT_LEN, 64, generator=torch.Generator().manual_seed(3)),
+              torch.randn(1, tp.TEXT_LEN, 64, generator=torch.Generator().manual_seed(4)))  # fmt: skip
+    reference = tp._frames(1, 5)
+    path = camera.preset(["Pan Left", "ACW"], speed=1.3)
+    ours = tp._ours(model_dir, embeds, tp._request(camera=path, reference_image=reference))
+    assert ours.shape == pipeline_latent_shape(tp)
+    static = tp._ours(model_dir, embeds, tp._request(camera=camera.preset("Static"), reference_image=reference))
+    assert tp._relative_error(ours, static) > 100 * tp.REL_TOL  # the camera reaches the model
+    if size == "7b":
+        return
+    import diffusers
+
+    intrinsics = [[0.474812461, 0.844111024, 0.5, 0.5]] * tp.FRAMES
+    w2c = oracle_move((0, 0, 1), (1, 0, 0), 1.3, tp.FRAMES)
+    rays = torch.tensor(oracle_plucker(intrinsics, w2c, tp.WIDTH, tp.HEIGHT), dtype=torch.float32)
+    theirs = tp._theirs(
+        diffusers.EasyAnimateControlPipeline, model_dir, embeds,
+        control_camera_video=rays.permute(1, 0, 2, 3).unsqueeze(0), ref_image=reference.unsqueeze(2),
+    )  # fmt: skip
+    assert tp._relative_error(ours, theirs) <= tp.REL_TOL
+
+
+def pipeline_latent_shape(tp):
+    from models.pipeline import latent_shape
+
+    return latent_shape(tp.WIDTH, tp.HEIGHT, tp.FRAMES)
+
+
+def _variant(name):
+    from models.variants import VARIANTS
+
+    return VARIANTS[name]
+
+
+def test_a_control_camera_model_without_a_camera_is_refused_before_loading():
+    from models import pipeline
+
+    request = pipeline.Request(width=64, height=64, frames=5, steps=1, guidance_scale=1.0, seed=0, scheduler="Flow")
+    with pytest.raises(ValueError, match="Control-Camera model: connect a camera"):
+        pipeline.check_request(_variant("EasyAnimateV5.1-12b-zh-Control-Camera"), request)
+
+
+@pytest.mark.parametrize("name", ["EasyAnimateV5.1-12b-zh-Control", "EasyAnimateV5.1-7b-zh-InP", "EasyAnimateV5-12b-zh"])
+def test_a_camera_on_another_model_is_refused_before_loading(name):
+    from models import pipeline
+
+    request = pipeline.Request(width=64, height=64, frames=5, steps=1, guidance_scale=1.0, seed=0, scheduler="Flow",
+                               camera=camera.preset("Pan Up"))  # fmt: skip
+    with pytest.raises(ValueError, match="needs a Control-Camera model"):
+        pipeline.check_request(_variant(name), request)

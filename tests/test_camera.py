@@ -235,3 +235,22 @@ def test_a_camera_on_another_model_is_refused_before_loading(name):
                                camera=camera.preset("Pan Up"))  # fmt: skip
     with pytest.raises(ValueError, match="needs a Control-Camera model"):
         pipeline.check_request(_variant(name), request)
+
+
+@pytest.mark.parametrize("name, with_camera", [("EasyAnimateV5.1-7b-zh-Control-Camera", False),
+                                                ("EasyAnimateV5.1-12b-zh-InP", True)])  # fmt: skip
+def test_sampler_node_refuses_a_camera_mismatch_before_loading_the_transformer(pack, name, with_camera):
+    sampler_node = pack.NODE_CLASS_MAPPINGS["EasyAnimateVideoSampler"]
+
+    class UnloadableModel:
+        variant = _variant(name)
+
+        def transformer(self, **kwargs):
+            raise AssertionError("the transformer was loaded before the inputs were checked")
+
+    class Embeddings:
+        version = "v5.1"
+
+    with pytest.raises(ValueError, match="Control-Camera"):
+        sampler_node().sample(UnloadableModel(), Embeddings(), 64, 64, 5, 1, 6.0, 0, "auto", 0.0, 0,
+                              camera=camera.preset("Pan Up") if with_camera else None)  # fmt: skip

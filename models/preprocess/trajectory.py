@@ -1,8 +1,8 @@
 """Point tracks → the trajectory control video the V5.1 Control models were trained on (docs/trajectory.md).
 
 Each track point becomes a Gaussian disc (a 200-px isotropic Gaussian, σ = 40 px, cut to a circle, scaled to a
-square of half-side 50·√(frame area / 1280·720) px), tracks combine by maximum, values are k/255. Points are whole
-pixels, as KJNodes' SplineEditor emits them.
+square of half-side 50·√(frame area / 1280·720) px), tracks combine by maximum, values are k/255. Points are
+rounded to whole pixels.
 """
 
 from __future__ import annotations

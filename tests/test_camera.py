@@ -152,6 +152,17 @@ def test_joined_moves_continue_from_the_last_pose_of_the_first_and_fill_the_fram
     np.testing.assert_allclose(w2c.numpy(), np.concatenate([a, np.stack(joined)]), atol=1e-12)
 
 
+def test_a_pose_file_joined_after_a_preset_continues_from_its_last_pose():
+    turned = random_w2c(4, seed=11)  # rotations about arbitrary axes: the composition order matters
+    rows = camera.CameraPath((camera.PoseRows(torch.full((4, 4), 0.5, dtype=torch.float64),
+                                              torch.tensor(turned)),))  # fmt: skip
+    _, w2c = camera.preset(["CW", "Pan Up"], 2.0).then(rows).pose_rows(9)
+    a = oracle_move((0, 0, -1), (0, 1, 0), 2.0, 5)  # 9 frames minus the file's 4
+    r_last, t_last = a[-1][:, :3], a[-1][:, 3:]
+    joined = [np.concatenate([m[:, :3] @ r_last, m[:, 3:] + m[:, :3] @ t_last], axis=1) for m in turned]
+    np.testing.assert_allclose(w2c.numpy(), np.concatenate([a, np.stack(joined)]), atol=1e-12)
+
+
 def test_intrinsics_override_every_frame():
     intrinsics, _ = camera.preset("Zoom Out").with_intrinsics(0.6, 0.7, 0.4, 0.45).pose_rows(5)
     np.testing.assert_allclose(intrinsics.numpy(), [[0.6, 0.7, 0.4, 0.45]] * 5)

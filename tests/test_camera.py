@@ -265,3 +265,19 @@ def test_sampler_node_refuses_a_camera_mismatch_before_loading_the_transformer(p
     with pytest.raises(ValueError, match="Control-Camera"):
         sampler_node().sample(UnloadableModel(), Embeddings(), 64, 64, 5, 1, 6.0, 0, "auto", 0.0, 0,
                               camera=camera.preset("Pan Up") if with_camera else None)  # fmt: skip
+
+
+def test_pose_file_names_cannot_leave_the_input_folder_but_symlinked_files_work(tmp_path):
+    inputs, elsewhere = tmp_path / "input", tmp_path / "elsewhere"
+    (inputs / "camera_poses").mkdir(parents=True)
+    elsewhere.mkdir()
+    (elsewhere / "secret.txt").write_text("url\n")
+    (inputs / "camera_poses" / "linked.txt").symlink_to(elsewhere / "secret.txt")
+    (inputs / "plain.txt").write_text("url\n")
+    assert camera.list_pose_files(inputs) == ["camera_poses/linked.txt", "plain.txt"]
+    assert camera.resolve_pose_file(inputs, "camera_poses/linked.txt").read_text() == "url\n"
+    for name in ["../elsewhere/secret.txt", str(elsewhere / "secret.txt"), "camera_poses/../../elsewhere/secret.txt"]:
+        with pytest.raises(ValueError, match="leaves the input folder"):
+            camera.resolve_pose_file(inputs, name)
+    with pytest.raises(FileNotFoundError, match="camera_poses"):
+        camera.resolve_pose_file(inputs, "missing.txt")

@@ -64,7 +64,8 @@ def feathered_weights(mask: torch.Tensor, feather: int) -> torch.Tensor:
 
 
 def composite(generated: torch.Tensor, source: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """IMAGE [T, H, W, 3] generated and source → source + w·(generated − source); w = 0 gives the source exactly."""
+    """IMAGE [T, H, W, 3] generated and source → source + w·(generated − source); w = 0 gives the source
+    exactly."""
     count = min(generated.shape[0], source.shape[0], weights.shape[0])
     out = generated.clone()
     w = weights[:count].permute(0, 2, 3, 1).to(generated.dtype)  # [T, H, W, 1]

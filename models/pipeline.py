@@ -272,7 +272,8 @@ def check_request(variant, request: Request) -> None:
         raise ValueError(f"a reference image needs a V5.1 Control model; {variant.name} does not take one.")
     if request.denoise_strength < 1.0 and request.input_video is None:
         raise ValueError("denoise strength < 1 needs an input video (video-to-video); connect one or set it to 1.0")
-    if request.input_mask is not None and (kind != "inp" or request.input_video is None and request.start_images is None):
+    nothing_to_edit = request.input_video is None and request.start_images is None
+    if request.input_mask is not None and (kind != "inp" or nothing_to_edit):
         raise ValueError(
             f"a mask edits an input video (or animates part of start images) with an InP model; {variant.name} is a "
             f"{kind} model{'' if kind != 'inp' else ' and neither input_video nor start_image is connected'}."

@@ -13,8 +13,10 @@ from .bridge import input_dir
 CAMERA = "EASYANIMATE_CAMERA"
 CATEGORY = "EasyAnimate/camera"
 _PRESET_NAMES = list(PRESETS)
-_SPEED = ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05,
-                    "tooltip": "1 = the official move (π/3 rotation or 1.5 units of travel over the clip)."})  # fmt: skip
+_SPEED = ("FLOAT", {
+    "default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05,
+    "tooltip": "1 = the official move (π/3 rotation or 1.5 units of travel over the clip).",
+})  # fmt: skip
 
 
 def _preset_choice(tooltip: str = "The official CameraCtrl presets; ACW/CW roll the camera."):

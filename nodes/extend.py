@@ -57,7 +57,10 @@ class EasyAnimateCrossfadeJoin:
         return (images, images.shape[0])
 
 
-NODE_CLASS_MAPPINGS = {"EasyAnimateLastFrames": EasyAnimateLastFrames, "EasyAnimateCrossfadeJoin": EasyAnimateCrossfadeJoin}
+NODE_CLASS_MAPPINGS = {
+    "EasyAnimateLastFrames": EasyAnimateLastFrames,
+    "EasyAnimateCrossfadeJoin": EasyAnimateCrossfadeJoin,
+}
 NODE_DISPLAY_NAME_MAPPINGS = {
     "EasyAnimateLastFrames": "EasyAnimate Last Frames",
     "EasyAnimateCrossfadeJoin": "EasyAnimate Cross-fade Join",

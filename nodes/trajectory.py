@@ -56,7 +56,10 @@ class EasyAnimateVideoMaximum:
         return (video_maximum(video_1, video_2),)
 
 
-NODE_CLASS_MAPPINGS = {"EasyAnimateTrajectory": EasyAnimateTrajectory, "EasyAnimateVideoMaximum": EasyAnimateVideoMaximum}
+NODE_CLASS_MAPPINGS = {
+    "EasyAnimateTrajectory": EasyAnimateTrajectory,
+    "EasyAnimateVideoMaximum": EasyAnimateVideoMaximum,
+}
 NODE_DISPLAY_NAME_MAPPINGS = {
     "EasyAnimateTrajectory": "EasyAnimate Trajectory",
     "EasyAnimateVideoMaximum": "EasyAnimate Video Maximum",

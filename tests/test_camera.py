@@ -238,7 +238,9 @@ def test_a_control_camera_model_without_a_camera_is_refused_before_loading():
         pipeline.check_request(_variant("EasyAnimateV5.1-12b-zh-Control-Camera"), request)
 
 
-@pytest.mark.parametrize("name", ["EasyAnimateV5.1-12b-zh-Control", "EasyAnimateV5.1-7b-zh-InP", "EasyAnimateV5-12b-zh"])
+@pytest.mark.parametrize("name", [
+    "EasyAnimateV5.1-12b-zh-Control", "EasyAnimateV5.1-7b-zh-InP", "EasyAnimateV5-12b-zh",
+])  # fmt: skip
 def test_a_camera_on_another_model_is_refused_before_loading(name):
     from models import pipeline
 

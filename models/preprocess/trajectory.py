@@ -24,7 +24,8 @@ def parse_tracks(text: str) -> list[list[tuple[float, float]]]:
     try:
         data = json.loads(text.replace("'", '"'))
     except json.JSONDecodeError as error:
-        raise ValueError(f"tracks are not valid JSON ({error}); expected e.g. [{{\"x\": 10, \"y\": 20}}, ...]") from None
+        example = '[{"x": 10, "y": 20}, ...]'
+        raise ValueError(f"tracks are not valid JSON ({error}); expected e.g. {example}") from None
     if isinstance(data, list) and data and all(isinstance(item, str) for item in data):
         return [track for item in data for track in parse_tracks(item)]  # a list of SplineEditor strings
     if not isinstance(data, list) or not data:

@@ -13,6 +13,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .camera import CameraPath, camera_rays
+from .editing import keep_start_frames
 from .schedulers import make_scheduler, randn
 from .teacache import TeaCache, coefficients_for
 
@@ -59,12 +61,15 @@ def latent_shape(width: int, height: int, frames: int, batch: int = 1) -> tuple[
 
 
 def resize_mask(mask: torch.Tensor, latent_frames: int, latent_h: int, latent_w: int) -> torch.Tensor:
-    """[B, C, T, H, W] → [B, C, F, h, w]: frame 0 resized alone, frames 1.. to F-1 frames, trilinear (§4.1.3)."""
+    """[B, C, T, H, W] → [B, C, F, h, w]: frame 0 resized alone, frames 1.. to F-1 frames, trilinear (§4.1.3).
+
+    A single source frame (a one-pose camera path) also stands for the rest, where the original fails."""
     first = F.interpolate(mask[:, :, :1], size=(1, latent_h, latent_w), mode="trilinear", align_corners=False)
     if latent_frames == 1:
         return first
     rest = F.interpolate(
-        mask[:, :, 1:], size=(latent_frames - 1, latent_h, latent_w), mode="trilinear", align_corners=False
+        mask[:, :, 1:] if mask.shape[2] > 1 else mask, size=(latent_frames - 1, latent_h, latent_w),
+        mode="trilinear", align_corners=False,
     )
     return torch.cat([first, rest], dim=2)
 
@@ -235,9 +240,44 @@ class Request:
     input_mask: torch.Tensor | None = None  # [T, 1, H, W], for inpainting an input video
     denoise_strength: float = 1.0
     control_video: torch.Tensor | None = None
-    camera: torch.Tensor | None = None  # [T, 6, H, W] Plücker rays
+    camera: CameraPath | None = None  # Control-Camera models: the camera path (models/camera.py)
     reference_image: torch.Tensor | None = None  # [1, 3, H, W]
     noise_aug_strength: float = NOISE_AUG_STRENGTH
+
+
+def check_request(variant, request: Request) -> None:
+    """Refuse inputs the model cannot take, before anything is loaded (clear errors, not a channel mismatch)."""
+    kind = variant.kind
+    if kind != "inp" and (request.start_images is not None or request.end_images is not None):
+        raise ValueError(
+            f"start/end images need an InP (image-to-video) model; {variant.name} is a {kind} model. Load an "
+            "...-InP model, or leave the images unconnected."
+        )
+    if kind not in ("control", "control_camera") and request.control_video is not None:
+        raise ValueError(f"a control video needs a Control model; {variant.name} is a {kind} model.")
+    if kind != "control_camera" and request.camera is not None:
+        raise ValueError(
+            f"a camera path needs a Control-Camera model (EasyAnimateV5.1-...-Control-Camera); {variant.name} is a "
+            f"{kind} model. Load a Control-Camera model, or disconnect the camera input."
+        )
+    if kind == "control_camera" and request.camera is None:
+        raise ValueError(
+            f"{variant.name} is a Control-Camera model: connect a camera path (EasyAnimate Camera Preset or "
+            "Camera Pose File) to the sampler's camera input."
+        )
+    if kind == "control_camera" and request.control_video is not None:
+        raise ValueError(f"{variant.name} is steered by the camera input; a Control-Camera model takes no control "
+                         "video. Disconnect control_video, or load a Control model.")  # fmt: skip
+    if request.reference_image is not None and not variant.add_ref_latent_in_control_model:
+        raise ValueError(f"a reference image needs a V5.1 Control model; {variant.name} does not take one.")
+    if request.denoise_strength < 1.0 and request.input_video is None:
+        raise ValueError("denoise strength < 1 needs an input video (video-to-video); connect one or set it to 1.0")
+    nothing_to_edit = request.input_video is None and request.start_images is None
+    if request.input_mask is not None and (kind != "inp" or nothing_to_edit):
+        raise ValueError(
+            f"a mask edits an input video (or animates part of start images) with an InP model; {variant.name} is a "
+            f"{kind} model{'' if kind != 'inp' else ' and neither input_video nor start_image is connected'}."
+        )
 
 
 def generate(
@@ -272,17 +312,7 @@ def generate(
     def encode(video: torch.Tensor) -> torch.Tensor:
         return vae.encode(video, device=device, interrupt=interrupt, **(vae_kwargs or {})).cpu()
 
-    if kind != "inp" and (request.start_images is not None or request.end_images is not None):
-        raise ValueError(
-            f"start/end images need an InP (image-to-video) model; {variant.name} is a {kind} model. Load an "
-            "...-InP model, or leave the images unconnected."
-        )
-    if kind not in ("control", "control_camera") and (request.control_video is not None or request.camera is not None):
-        raise ValueError(f"a control video needs a Control model; {variant.name} is a {kind} model.")
-    if request.reference_image is not None and not variant.add_ref_latent_in_control_model:
-        raise ValueError(f"a reference image needs a V5.1 Control model; {variant.name} does not take one.")
-    if request.denoise_strength < 1.0 and request.input_video is None:
-        raise ValueError("denoise strength < 1 needs an input video (video-to-video); connect one or set it to 1.0")
+    check_request(variant, request)
 
     x0 = None
     if request.input_video is not None and request.denoise_strength < 1.0:
@@ -290,16 +320,23 @@ def generate(
 
     conditioning = Conditioning()
     if kind == "inp":
-        if request.input_video is not None:
-            video = _video(request.input_video)
-            mask = torch.ones_like(video[:, :1]) if request.input_mask is None else _video(request.input_mask)
+        if request.input_video is not None or request.input_mask is not None:  # mask edit / video-to-video
+            source = request.input_video if request.input_video is not None else request.start_images
+            mask = request.input_mask
+            if mask is None:
+                mask = torch.ones(request.frames, 1, *source.shape[-2:])
+            if request.start_images is not None:  # keep frames 0..K-1 (extend, or animate part of an image)
+                source, mask = keep_start_frames(request.input_video, mask, request.start_images, request.frames)
+            video, mask = _video(source), _video(mask)
         else:
             video, mask = image_to_video(request.start_images, request.end_images, request.frames)
         conditioning.inpaint = inpaint_latents(
             encode, video, mask, shape, generator, variant.add_noise_in_inpaint_model, request.noise_aug_strength
         )
     elif kind in ("control", "control_camera"):
-        camera = None if request.camera is None else _video(request.camera)
+        camera = None
+        if request.camera is not None:
+            camera = _video(camera_rays(request.camera, request.frames, request.width, request.height))
         control = None if request.control_video is None else _video(request.control_video)
         conditioning.control = control_latents(encode, control, shape, camera)
         if variant.add_ref_latent_in_control_model:

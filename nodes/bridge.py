@@ -46,6 +46,15 @@ def register_model_folders() -> None:
         folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name))
 
 
+def input_dir() -> Path | None:
+    """ComfyUI's input folder (uploads, pose files); EASYANIMATE_INPUT_DIR outside ComfyUI. (issue-15)"""
+    folder_paths = _folder_paths()
+    if folder_paths is not None:
+        return Path(folder_paths.get_input_directory())
+    env = os.environ.get("EASYANIMATE_INPUT_DIR")
+    return Path(env) if env else None
+
+
 def model_dirs(folder_name: str) -> list[Path]:
     """Every directory to search for `folder_name` models: environment override first, then ComfyUI's list."""
     dirs: list[Path] = []

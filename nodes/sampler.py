@@ -69,6 +69,14 @@ class EasyAnimateVideoSampler:
                 "control_video": ("IMAGE", {"tooltip": "Control models: pose/canny/depth... frames."}),
                 "reference_image": ("IMAGE", {"tooltip": "V5.1 Control models: appearance reference."}),
                 "guidance_rescale": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01}),
+                # issue-15: camera paths and region-mask editing (appended; never reorder)
+                "camera": ("EASYANIMATE_CAMERA", {"tooltip": "Control-Camera models: a camera move or pose file."}),
+                "mask": ("MASK", {"tooltip": "InP models with input_video (or start_image): 1 = regenerate."}),
+                "mask_composite": ("BOOLEAN", {
+                    "default": True, "tooltip": "Mask edits: paste the input back outside the mask (off = the "
+                    "original's output, where the model re-renders everything)."}),
+                "mask_feather": ("INT", {"default": 8, "min": 0, "max": 256,
+                                         "tooltip": "Mask edits: width in pixels of the blended edge."}),
             },
         }
 
@@ -81,7 +89,8 @@ class EasyAnimateVideoSampler:
 
     def sample(self, model, embeddings, width, height, frames, steps, cfg, seed, scheduler, teacache_threshold,
                teacache_skip_start, start_image=None, end_image=None, input_video=None, denoise_strength=1.0,
-               control_video=None, reference_image=None, guidance_rescale=0.0):  # fmt: skip
+               control_video=None, reference_image=None, guidance_rescale=0.0, camera=None, mask=None,
+               mask_composite=True, mask_feather=8):  # fmt: skip
         from ..models import pipeline
         from ..models.schedulers import DEFAULT_SCHEDULER
 
@@ -105,8 +114,13 @@ class EasyAnimateVideoSampler:
             scheduler=scheduler, guidance_rescale=guidance_rescale, start_images=frames_of(start_image),
             end_images=frames_of(end_image), input_video=frames_of(input_video, frames),
             denoise_strength=denoise_strength, control_video=frames_of(control_video, frames),
-            reference_image=None if reference_image is None else frames_of(reference_image)[:1],
+            reference_image=None if reference_image is None else frames_of(reference_image)[:1], camera=camera,
         )  # fmt: skip
+        if mask is not None:
+            from ..models.editing import prepare_mask
+
+            request.input_mask = prepare_mask(mask, frames, height, width)
+        pipeline.check_request(variant, request)  # wrong inputs for this model: fail before loading anything
         device = torch_device()
         progress = Progress(steps)
         latest = {}
@@ -147,7 +161,14 @@ class EasyAnimateVideoSampler:
                                           "?" if plan is None else plan.storage, width, height, frames)) from None
         finally:
             free_memory()
-        return ({"samples": latents, "version": variant.version, "fps": 8},)
+        result = {"samples": latents, "version": variant.version, "fps": 8}
+        if mask is not None and mask_composite:
+            from ..models.editing import composite_plan
+
+            result["composite"] = composite_plan(  # applied by VAE Decode
+                request.input_video, request.input_mask, request.start_images, frames, mask_feather
+            )
+        return (result,)
 
 
 NODE_CLASS_MAPPINGS = {"EasyAnimateVideoSampler": EasyAnimateVideoSampler}

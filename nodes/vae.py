@@ -77,6 +77,10 @@ class EasyAnimateVAEDecode:
     def decode(self, model, latents, tile_size=0):
         video = _run_vae(model, "decode", latents["samples"], tile_size)
         images = video[0].permute(1, 2, 3, 0).float().cpu().contiguous()  # [3,T,H,W] → [T,H,W,3]
+        if latents.get("composite"):  # issue-15: a mask edit pastes the kept pixels back
+            from ..models.editing import apply_composite
+
+            images = apply_composite(images, latents["composite"])
         return (images, images.shape[0], float(latents.get("fps", FPS)))
 
 

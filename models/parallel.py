@@ -184,8 +184,8 @@ class AgreedInterrupt:
     """Wraps an interrupt callable so that every rank stops at the same block: the local request is OR-reduced over
     the world before anyone raises (a rank raising alone would leave the others waiting in a collective)."""
 
-    def __init__(self, interrupt: Callable[[], None]):
-        self.interrupt = interrupt
+    def __init__(self, interrupt: Callable[[], None], device: torch.device):
+        self.interrupt, self.device = interrupt, device  # NCCL reduces CUDA tensors only
 
     def __call__(self) -> None:
         error = None
@@ -193,7 +193,7 @@ class AgreedInterrupt:
             self.interrupt()
         except BaseException as raised:  # noqa: BLE001 - re-raised below once every rank knows
             error = raised
-        flag = torch.tensor([0.0 if error is None else 1.0])
+        flag = torch.tensor([0.0 if error is None else 1.0], device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if error is not None:
             raise error
@@ -204,7 +204,7 @@ class AgreedInterrupt:
 def global_relative_l1(previous: torch.Tensor, current: torch.Tensor) -> float:
     """TeaCache's mean|current - previous| / mean|previous| over the tensor split across every rank (the counts
     cancel: a ratio of sums), then rank 0's value for everyone, so all ranks take the same decision."""
-    sums = torch.stack([(current - previous).abs().sum(), previous.abs().sum()]).double().cpu()
+    sums = torch.stack([(current - previous).abs().sum(), previous.abs().sum()]).double()
     dist.all_reduce(sums)
     dist.broadcast(sums, src=0)
     return (sums[0] / sums[1]).item()
@@ -236,7 +236,7 @@ class ParallelTransformer:
         if teacache is not None:
             teacache.relative_l1 = global_relative_l1
         if interrupt is not None and groups.world_size > 1:
-            interrupt = AgreedInterrupt(interrupt)
+            interrupt = AgreedInterrupt(interrupt, latents.device)
         out = self.model(latents, timestep, text, interrupt=interrupt, teacache=teacache, parallel=groups, **kwargs)
         if split:
             out = torch.cat(_all_gather(groups.stats, groups.cfg_group, out, 2), dim=0)

@@ -69,6 +69,7 @@ class EasyAnimateVideoSampler:
                 "control_video": ("IMAGE", {"tooltip": "Control models: pose/canny/depth... frames."}),
                 "reference_image": ("IMAGE", {"tooltip": "V5.1 Control models: appearance reference."}),
                 "guidance_rescale": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01}),
+                "parallel": ("EASYANIMATE_PARALLEL", {"tooltip": "EasyAnimate Parallel Options: several GPUs."}),
             },
         }
 
@@ -81,10 +82,14 @@ class EasyAnimateVideoSampler:
 
     def sample(self, model, embeddings, width, height, frames, steps, cfg, seed, scheduler, teacache_threshold,
                teacache_skip_start, start_image=None, end_image=None, input_video=None, denoise_strength=1.0,
-               control_video=None, reference_image=None, guidance_rescale=0.0):  # fmt: skip
+               control_video=None, reference_image=None, guidance_rescale=0.0, parallel=None):  # fmt: skip
         from ..models import pipeline
         from ..models.schedulers import DEFAULT_SCHEDULER
 
+        if parallel is not None:  # the transformer runs in worker processes (nodes/parallel.py)
+            from ..models.parallel_workers import ParallelModel
+
+            model = ParallelModel(model, parallel["devices"], parallel["sp"], parallel["cfg_parallel"])
         variant = model.variant
         if embeddings.version != variant.version:
             raise ValueError(

@@ -241,3 +241,43 @@ class ParallelTransformer:
         if split:
             out = torch.cat(_all_gather(groups.stats, groups.cfg_group, out, 2), dim=0)
         return out
+
+
+# -- cost model (docs/parallel.md, cost model) ---------------------------------------------------------------------------
+
+
+def comm_bytes_per_call(text_tokens: int, video_tokens: int, heads: int, head_dim: int, layers: int, sp: int,
+                        cfg_parallel: bool = False, cfg_batch: int = 2, element_bytes: int = 2,
+                        out_channels: int = 64) -> int:  # fmt: skip
+    """Bytes one rank sends during one transformer call (one sampling step), as implemented above.
+
+    Per block, Ulysses (heads % sp == 0): q/k/v all-to-all 3·b·n·(h/sp)·D·(sp-1), text output all-gather
+    b·T·(h/sp)·D·(sp-1), output all-to-all back b·n·(h/sp)·D·(sp-1); fallback: K/V all-gather 2·b·h·n·D·(sp-1).
+    Once per call: the output all-gather b·n·out_channels·(sp-1), and with CFG parallelism the half-batch
+    prediction to the other CFG rank b·N·out_channels. b = rows of the CFG batch this rank computes, n = its
+    (largest) shard of the N video tokens, out_channels = patch² x 16 latent channels."""
+    batch = cfg_batch // 2 if cfg_parallel else cfg_batch
+    shard = -(-video_tokens // sp)
+    if sp == 1:
+        per_block = 0
+    elif heads % sp == 0:
+        per_block = batch * (heads // sp) * head_dim * (sp - 1) * (4 * shard + text_tokens)
+    else:
+        per_block = 2 * batch * heads * shard * head_dim * (sp - 1)
+    total = layers * per_block + batch * shard * out_channels * (sp - 1)
+    if cfg_parallel:
+        total += batch * video_tokens * out_channels
+    return total * element_bytes
+
+
+def flops_per_call(text_tokens: int, video_tokens: int, heads: int, head_dim: int, layers: int, sp: int,
+                   cfg_parallel: bool = False, cfg_batch: int = 2) -> float:  # fmt: skip
+    """Multiply-add x 2 of one rank's transformer call: projections and feed-forward (24·d² per token: q,k,v,out
+    4·d², FF 2·4·d²) on its video shard plus the replicated text, and attention 4·(T+N)·(T+N)·D per head on its
+    heads (Ulysses) or its queries (fallback) — both a 1/sp share of the (T+N)² term."""
+    batch = cfg_batch // 2 if cfg_parallel else cfg_batch
+    width = heads * head_dim
+    tokens = text_tokens + -(-video_tokens // sp)
+    linear = 24 * width * width * tokens
+    attention = 4 * (text_tokens + video_tokens) ** 2 * width / sp
+    return float(batch * layers * (linear + attention))

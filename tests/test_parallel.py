@@ -71,3 +71,30 @@ def test_layouts_really_communicate(parallel_results):
             assert sent.get("all_to_all" if sp == 2 else "all_gather", 0) > 0, (layout, sent)
         if cfg_parallel:
             assert sent.get("all_gather", 0) > 0, (layout, sent)
+
+
+def test_command_line_under_torchrun_equals_one_process_and_rank0_writes_the_video(tmp_path):
+    """tools/generate.py: InP from an image file, CFG parallel on 2 ranks vs the same command as one process."""
+    import numpy as np
+    from PIL import Image
+
+    from tiny_checkpoints import ensure_tiny_checkpoints
+
+    sys.path.insert(0, str(HERE.parent / "tools"))
+    import generate
+
+    picture = tmp_path / "start.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 80, 3), dtype=np.uint8)).save(picture)
+    args = ["--model", ensure_tiny_checkpoints() / "tiny-EasyAnimateV5.1-12b-zh-InP", "--prompt", "a boat",
+            "--width", 80, "--height", 48, "--frames", 5, "--steps", 3, "--precision", "fp32",
+            "--start-image", picture]  # fmt: skip
+    single, parallel = tmp_path / "single.safetensors", tmp_path / "parallel.safetensors"
+    generate.main([str(a) for a in args] + ["--save-latents", str(single), "--no-decode"])
+    done = torchrun(2, HERE.parent / "tools" / "generate.py", *args, "--cfg-parallel", "--save-latents", parallel,
+                    "--out", tmp_path / "clip.mp4")  # fmt: skip
+    from safetensors.torch import load_file
+
+    reference, ours = load_file(single)["latents"], load_file(parallel)["latents"]
+    assert _relative_error(ours, reference) <= REL_TOL
+    assert (tmp_path / "clip.mp4").stat().st_size > 0
+    assert done.stdout.count("video: ") == 1  # rank 0 only

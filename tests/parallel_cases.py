@@ -39,18 +39,22 @@ def text_embeds():
 
 
 class Recorder:
-    """Passes calls through and keeps the TeaCache the pipeline hands the transformer."""
+    """Passes calls through; keeps the TeaCache the pipeline hands the transformer and its accumulated distance
+    after every call (equal on every rank only if the indicator is reduced over all of them)."""
 
     def __init__(self, transformer):
-        self.transformer, self.teacache = transformer, None
+        self.transformer, self.teacache, self.accumulated = transformer, None, []
 
     def __call__(self, *args, teacache=None, **kwargs):
         self.teacache = teacache or self.teacache
-        return self.transformer(*args, teacache=teacache, **kwargs)
+        out = self.transformer(*args, teacache=teacache, **kwargs)
+        if teacache is not None:
+            self.accumulated.append(teacache.accumulated)
+        return out
 
 
 def run_case(name: str, wrap=lambda model: model):
-    """(latents [1,16,F,h,w], skipped TeaCache steps) of one case; `wrap` turns the model into what is sampled."""
+    """(latents [1,16,F,h,w], skipped TeaCache steps, accumulated distances) of one case; `wrap` turns the model into what is sampled."""
     from models import pipeline
     from models.components import open_model
     from tiny_checkpoints import ensure_tiny_checkpoints
@@ -66,7 +70,7 @@ def run_case(name: str, wrap=lambda model: model):
     latents = pipeline.generate(recorder, model.vae(), text_embeds(), request, variant=model.variant,
                                 dtype=torch.float32, teacache_threshold=threshold)  # fmt: skip
     skipped = [] if recorder.teacache is None else list(recorder.teacache.skipped_steps)
-    return latents, skipped
+    return latents, skipped, recorder.accumulated
 
 
 def main(out_dir: str) -> None:
@@ -82,8 +86,8 @@ def main(out_dir: str) -> None:
         groups = make_groups(sp, cfg_parallel)
         for case in CASES:
             groups.stats.reset()
-            latents, skipped = run_case(case, lambda model: ParallelTransformer(model, groups))
-            results[(layout, case)] = (latents, skipped, dict(groups.stats.sent))
+            latents, skipped, accumulated = run_case(case, lambda model: ParallelTransformer(model, groups))
+            results[(layout, case)] = (latents, skipped, dict(groups.stats.sent), accumulated)
     gathered = [None] * world
     dist.all_gather_object(gathered, results)
     if dist.get_rank() == 0:

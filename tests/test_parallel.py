@@ -45,21 +45,24 @@ def parallel_results(request, tmp_path_factory):
 
 
 def test_teacache_case_really_skips_steps(references):
-    _, skipped = references["t2v_teacache"]
+    _, skipped, accumulated = references["t2v_teacache"]
     assert skipped, "the TeaCache threshold no longer skips any step: the case proves nothing"
+    assert any(a > 0 for a in accumulated)
     assert references["t2v"][1] == []
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_every_layout_equals_one_process(parallel_results, references, case):
     world, per_rank = parallel_results
-    reference, reference_skipped = references[case]
+    reference, reference_skipped, reference_accumulated = references[case]
     for layout, _, _ in LAYOUTS[world]:
         for rank, results in enumerate(per_rank):
-            latents, skipped, _ = results[(layout, case)]
+            latents, skipped, _, accumulated = results[(layout, case)]
             error = _relative_error(latents, reference)
             assert error <= REL_TOL, f"{layout} rank {rank}: relative error {error:.2e}"
             assert skipped == reference_skipped, f"{layout} rank {rank}: TeaCache skipped {skipped}"
+            # the indicator is measured over the whole batch and every token, whatever this rank holds
+            assert accumulated == pytest.approx(reference_accumulated, rel=REL_TOL, abs=1e-9), (layout, rank)
 
 
 def test_layouts_really_communicate(parallel_results):

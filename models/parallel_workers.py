@@ -134,7 +134,7 @@ class WorkerPool:
                 if time.monotonic() > deadline:
                     raise WorkerError(f"parallel workers did not connect within {timeout:.0f} s") from None
                 continue
-            kind, rank = _receive(connection)
+            _, rank = _receive(connection)
             self.connections[rank] = connection
 
     def _check_processes(self, waiting) -> None:

@@ -21,6 +21,7 @@ WIDTH, HEIGHT, FRAMES, STEPS, CFG, SEED = 80, 48, 5, 5, 6.0, 7
 TEACACHE_THRESHOLD = 0.6  # high enough that the tiny random model skips steps
 CASES = {  # name -> (tiny model, request extras, teacache threshold)
     "t2v": ("tiny-EasyAnimateV5.1-12b-zh", {}, 0.0),
+    "v5_t2v": ("tiny-EasyAnimateV5-12b-zh", {"scheduler": "DDIM"}, 0.0),  # Bert + mT5 text streams
     "inp": ("tiny-EasyAnimateV5.1-12b-zh-InP", {"start": True}, 0.0),
     "control": ("tiny-EasyAnimateV5.1-12b-zh-Control", {"control": True}, 0.0),
     "t2v_teacache": ("tiny-EasyAnimateV5.1-12b-zh", {}, TEACACHE_THRESHOLD),
@@ -32,10 +33,11 @@ def _frames(count: int, seed: int) -> torch.Tensor:
     return torch.rand(count, 3, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(seed))
 
 
-def text_embeds():
+def text_embeds(version: str = "v5.1"):
+    """[negative; positive] text streams: V5.1 one Qwen stream (64 wide), V5 Bert (32) and mT5 (48, 9 tokens)."""
     g = torch.Generator().manual_seed(3)
-    negative, positive = torch.randn(1, 12, 64, generator=g), torch.randn(1, 12, 64, generator=g)
-    return (torch.cat([negative, positive]),)
+    shapes = [(12, 64)] if version == "v5.1" else [(12, 32), (9, 48)]
+    return tuple(torch.randn(2, length, width, generator=g) for length, width in shapes)
 
 
 class Recorder:
@@ -62,13 +64,14 @@ def run_case(name: str, wrap=lambda model: model):
     folder, extras, threshold = CASES[name]
     model = open_model(ensure_tiny_checkpoints() / folder, "fp32", memory_mode="gpu")
     request = pipeline.Request(
-        width=WIDTH, height=HEIGHT, frames=FRAMES, steps=STEPS, guidance_scale=CFG, seed=SEED, scheduler="Flow",
+        width=WIDTH, height=HEIGHT, frames=FRAMES, steps=STEPS, guidance_scale=CFG, seed=SEED,
+        scheduler=extras.get("scheduler", "Flow"),
         start_images=_frames(1, 1) if extras.get("start") else None,
         control_video=_frames(FRAMES, 2) if extras.get("control") else None,
     )  # fmt: skip
     recorder = Recorder(wrap(model.transformer()))
-    latents = pipeline.generate(recorder, model.vae(), text_embeds(), request, variant=model.variant,
-                                dtype=torch.float32, teacache_threshold=threshold)  # fmt: skip
+    latents = pipeline.generate(recorder, model.vae(), text_embeds(model.variant.version), request,
+                                variant=model.variant, dtype=torch.float32, teacache_threshold=threshold)  # fmt: skip
     skipped = [] if recorder.teacache is None else list(recorder.teacache.skipped_steps)
     return latents, skipped, recorder.accumulated
 

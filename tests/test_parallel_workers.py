@@ -30,9 +30,8 @@ def model():
 def parallel(model):
     wrapped = ParallelModel(model, "cpu, cpu")
     yield wrapped
-    model.release(f"parallel workers {wrapped.spec}")  # the pool's workers stop when it is collected
-    for key in [k for k in model._loaded if k.startswith("parallel")]:
-        model._loaded.pop(key).close()
+    for key in [k for k in model._loaded if k.startswith("parallel workers")]:
+        model._loaded.pop(key).close()  # stop the workers now, not whenever the pool is collected
 
 
 def test_two_workers_give_the_single_process_latents_and_are_reused(model, parallel):

@@ -93,6 +93,7 @@ class WorkerPool:
 
     def __init__(self, spec: PoolSpec, start_timeout: float = 1800.0, log=print):
         self.spec, self.log, self.alive, self._call_id = spec, log, False, 0
+        self.interrupted_ranks: list[int] = []  # workers that stopped inside the last call on an interrupt
         authkey = secrets.token_bytes(32)
         self._listener = Listener(("127.0.0.1", 0), authkey=authkey)
         config = {"spec": asdict(spec), "host": list(self._listener.address), "rendezvous_port": _free_port()}
@@ -173,6 +174,7 @@ class WorkerPool:
             if deadline is not None and time.monotonic() > deadline:
                 self.close()
                 raise WorkerError(f"parallel workers did not answer within the time limit (waiting for {expected})")
+        self.interrupted_ranks = [rank for rank, reply in enumerate(replies) if reply[0] == "interrupted"]
         unexpected = [r for r in replies if r[0] not in expected + ("interrupted",)]
         if unexpected:
             self.close()

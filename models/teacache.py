@@ -77,6 +77,8 @@ class TeaCache:
         self.skip_start = skip_start
         # where the indicator and residual are kept between calls (upstream: CPU); None = where they were computed
         self.offload_device = torch.device(offload_device) if offload_device is not None else None
+        # how the indicator's change is measured; parallel runs reduce it over every rank (docs/parallel.md)
+        self.relative_l1 = relative_l1
         self.reset()
 
     def reset(self) -> None:
@@ -108,7 +110,7 @@ class TeaCache:
             compute = True
             self.accumulated = 0.0
         else:
-            distance = relative_l1(previous.to(modulated_input.device), modulated_input)
+            distance = self.relative_l1(previous.to(modulated_input.device), modulated_input)
             self.accumulated += rescale(self.coefficients, distance)
             compute = not self.accumulated < self.threshold
             if compute:

@@ -168,13 +168,14 @@ class Block(nn.Module):
         self.txt_ff = FeedForward(dim, ops) if mmdit else None
         self.attention = getattr(ops, "attention", default_ops.cast.attention)  # q,k,v [B,H,N,D]; models/attention.py
 
-    def forward(self, x: torch.Tensor, text: torch.Tensor, emb: torch.Tensor, rope):
+    def forward(self, x: torch.Tensor, text: torch.Tensor, emb: torch.Tensor, rope, attention=None):
         text_attn, text_ff = self.attn2 or self.attn1, self.txt_ff or self.ff
         x_mod, text_mod, gate, text_gate = self.norm1(x, text, emb)
         xq, xk, xv = self.attn1.qkv(x_mod)
         tq, tk, tv = text_attn.qkv(text_mod)
         xq, xk = apply_rope(xq, *rope), apply_rope(xk, *rope)  # video tokens only, after qk-norm (§3.5)
-        out = self.attention(torch.cat([tq, xq], 2), torch.cat([tk, xk], 2), torch.cat([tv, xv], 2))
+        attention = attention or self.attention  # a sequence-parallel wrapper of it when sharded
+        out = attention(torch.cat([tq, xq], 2), torch.cat([tk, xk], 2), torch.cat([tv, xv], 2))
         out = rearrange(out, "b h n d -> b n (h d)")  # sequence order [text, video]
         text_len = text.shape[1]
         x = torch.addcmul(x, gate, self.attn1.to_out[0](out[:, text_len:]))
@@ -227,6 +228,7 @@ class EasyAnimateTransformer(nn.Module):
         interrupt: Callable[[], None] | None = None,
         teacache=None,
         step_index: int | None = None,
+        parallel=None,
     ) -> torch.Tensor:
         """Predict [B, out_channels, F, H, W] in `latents.dtype` (the compute dtype).
 
@@ -239,6 +241,8 @@ class EasyAnimateTransformer(nn.Module):
         interrupt: called between blocks; it raises to abort.
         teacache: optional models.teacache.TeaCache (duck-typed: should_compute / store / apply); it decides from
           block 0's modulated video tokens whether the blocks run or the cached residual is reused (§6).
+        parallel: optional models.parallel.ParallelGroups; this rank then runs its shard of the video tokens and
+          the output is gathered after proj_out (docs/parallel.md).
         """
         p = self.params
         batch, _, frames, height, width = latents.shape
@@ -261,6 +265,12 @@ class EasyAnimateTransformer(nn.Module):
         x = rearrange(x, "(b f) d h w -> b (f h w) d", b=batch)  # token n = (frame, row, col)
         text = self._embed_text(text.to(dtype), None if text_t5 is None else text_t5.to(dtype))
         rope = video_rope(frames, grid_h, grid_w, p.attention_head_dim, device=latents.device)
+        attention = None  # each block's injected attention
+        shard = None if parallel is None else parallel.sequence_shard(x.shape[1])
+        if shard is not None:  # this rank's video tokens and their RoPE rows (docs/parallel.md)
+            x, rope = shard.split(x), tuple(shard.split(t, dim=0) for t in rope)
+            inner = self.transformer_blocks[0].attention
+            attention = shard.attention(text.shape[1], p.num_attention_heads, inner)
 
         if teacache is not None and not teacache.should_compute(
             step_index, self.transformer_blocks[0].norm1(x, text, emb)[0]
@@ -271,11 +281,13 @@ class EasyAnimateTransformer(nn.Module):
             for block in self.transformer_blocks:
                 if interrupt is not None:
                     interrupt()
-                x, text = block(x, text, emb, rope)
+                x, text = block(x, text, emb, rope, attention)
             x = self.norm_out(self.norm_final(x), emb)  # two LayerNorms in a row (§3.7)
             if teacache is not None:
                 teacache.store(x - tokens)
         x = self.proj_out(x)
+        if shard is not None:
+            x = shard.gather(x)
         return rearrange(
             x, "b (f h w) (c p q) -> b c f (h p) (w q)", f=frames, h=grid_h, p=p.patch_size, q=p.patch_size
         )

@@ -77,6 +77,7 @@ class EasyAnimateVideoSampler:
                     "original's output, where the model re-renders everything)."}),
                 "mask_feather": ("INT", {"default": 8, "min": 0, "max": 256,
                                          "tooltip": "Mask edits: width in pixels of the blended edge."}),
+                "parallel": ("EASYANIMATE_PARALLEL", {"tooltip": "EasyAnimate Parallel Options: several GPUs."}),
             },
         }
 
@@ -90,10 +91,14 @@ class EasyAnimateVideoSampler:
     def sample(self, model, embeddings, width, height, frames, steps, cfg, seed, scheduler, teacache_threshold,
                teacache_skip_start, start_image=None, end_image=None, input_video=None, denoise_strength=1.0,
                control_video=None, reference_image=None, guidance_rescale=0.0, camera=None, mask=None,
-               mask_composite=True, mask_feather=8):  # fmt: skip
+               mask_composite=True, mask_feather=8, parallel=None):  # fmt: skip
         from ..models import pipeline
         from ..models.schedulers import DEFAULT_SCHEDULER
 
+        if parallel is not None:  # the transformer runs in worker processes (nodes/parallel.py)
+            from ..models.parallel_workers import ParallelModel
+
+            model = ParallelModel(model, parallel["devices"], parallel["sp"], parallel["cfg_parallel"])
         variant = model.variant
         if embeddings.version != variant.version:
             raise ValueError(

@@ -1,0 +1,166 @@
+"""Specification of models/lora.py: LoRAs applied as a delta in the injected Linear's forward.
+
+Oracle (tests/tiny_loras.py): the checkpoint file with every LoRA merged by the original formula
+`W + m · alpha / rank · up @ down` in the file's own key names, loaded as a plain model. Nothing in the oracle goes
+through the pack's LoRA code.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models import lora as lora_module
+from models.lora import LoraError, attach_loras, detach_loras, load_lora_file, loras_attached, match_lora
+from models.ops import LoraLinear
+from models.transformer import load_transformer
+from tiny_loras import linear_shapes, make_lora, merged_transformer, model_inputs
+
+PARITY_MODELS = ["tiny-EasyAnimateV5.1-12b-zh", "tiny-EasyAnimateV5.1-7b-zh", "tiny-EasyAnimateV5.1-12b-zh-diffusers",
+                 "tiny-EasyAnimateV5.1-7b-zh-diffusers", "tiny-EasyAnimateV5-12b-zh"]  # fmt: skip
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((actual.double() - expected.double()).norm() / expected.double().norm())
+
+
+def forward(model, model_dir) -> torch.Tensor:
+    latents, timestep, text, text_t5 = model_inputs(model_dir)
+    with torch.no_grad():
+        return model(latents, timestep, text, text_t5)
+
+
+def saved(lora, tmp_path, name):
+    return load_lora_file(lora.save(tmp_path / f"{name}.safetensors"))
+
+
+@pytest.mark.parametrize("file_format", ["kohya", "peft"])
+@pytest.mark.parametrize("strengths", [(1.0,), (0.8, -0.6)], ids=["one", "two_opposite_signs"])
+@pytest.mark.parametrize("model_name", PARITY_MODELS)
+def test_forward_delta_equals_forward_on_weights_merged_by_the_original_formula(tiny_root, tmp_path, model_name,
+                                                                                strengths, file_format):  # fmt: skip
+    model_dir = tiny_root / model_name
+    loras = [make_lora(model_dir, file_format, rank=4 + 2 * i, alpha=[2.0, None][i], seed=i)
+             for i in range(len(strengths))]  # fmt: skip  # the second one has no alpha
+    stack = list(zip(loras, strengths))
+    merged = load_transformer(merged_transformer(model_dir, tmp_path / "merged", stack), dtype=torch.float32)
+    expected = forward(merged, model_dir)
+    model = load_transformer(model_dir, dtype=torch.float32)
+    base = forward(model, model_dir)
+    with loras_attached(model, [(saved(lo, tmp_path, f"l{i}"), s) for i, (lo, s) in enumerate(stack)]):
+        actual = forward(model, model_dir)
+    assert relative_error(actual, expected) <= 1e-5
+    assert relative_error(base, expected) > 1e-2  # the LoRA really changes the output
+
+
+def test_every_linear_of_the_transformer_is_a_lora_target(tiny_root, tmp_path):
+    """adaLN modulation, time embedding, text projection and proj_out included (V5: both text projections)."""
+    for model_name in ("tiny-EasyAnimateV5-7b-zh", "tiny-EasyAnimateV5.1-7b-zh-diffusers"):
+        model_dir = tiny_root / model_name
+        weights = saved(make_lora(model_dir), tmp_path, model_name)
+        model = load_transformer(model_dir, dtype=torch.float32)
+        matched = match_lora(weights, model, log=pytest.fail)
+        linears = {name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        assert set(matched) == linears and len(linears) == len(linear_shapes(model_dir))
+        for name in ("time_embedding.linear_1", "transformer_blocks.0.norm1.linear", "norm_out.linear", "proj_out"):
+            assert name in matched
+
+
+@pytest.mark.parametrize("underscored,dotted", [
+    ("transformer_blocks_0_ff_net_0_proj", "transformer_blocks.0.ff.net.0.proj"),
+    ("transformer_blocks_1_txt_ff_net_2", "transformer_blocks.1.txt_ff.net.2"),
+    ("transformer_blocks_0_attn2_to_out_0", "transformer_blocks.0.attn2.to_out.0"),
+    ("time_embedding_linear_2", "time_embedding.linear_2"),
+    ("text_proj_1", "text_proj.1"),
+    ("norm_out_linear", "norm_out.linear"),
+    ("proj_out", "proj_out"),
+])  # fmt: skip
+def test_kohya_names_resolve_greedily_to_module_paths(tiny_root, underscored, dotted):
+    model = lora_module.meta_transformer(_detection(tiny_root / "tiny-EasyAnimateV5.1-12b-zh"))
+    assert lora_module.resolve_kohya_name(model, underscored) == dotted
+
+
+def _detection(path):
+    from models.checkpoint import detect
+
+    return detect(path)
+
+
+def test_diffusers_layout_kohya_names_map_to_the_text_stream_attention(tiny_root):
+    model = lora_module.meta_transformer(_detection(tiny_root / "tiny-EasyAnimateV5.1-12b-zh"))
+    cases = {"attn1_add_q_proj": "attn2.to_q", "attn1_add_k_proj": "attn2.to_k", "attn1_add_v_proj": "attn2.to_v",
+             "attn1_to_add_out": "attn2.to_out.0", "attn1_to_q": "attn1.to_q"}  # fmt: skip
+    for diffusers_name, ours in cases.items():
+        entry = lora_module.LoraModule(f"lora_unet__transformer_blocks_1_{diffusers_name}")
+        assert lora_module.target_name(entry, model) == f"transformer_blocks.1.{ours}"
+        peft = lora_module.LoraModule(f"transformer.transformer_blocks.1.{diffusers_name.replace('_', '.', 1)}",
+                                      file_format="peft")  # fmt: skip
+        assert lora_module.target_name(peft, model) == f"transformer_blocks.1.{ours}"
+
+
+def test_a_lora_matching_nothing_is_an_error_naming_the_first_unmatched_keys(tiny_root):
+    weights = lora_module.parse_lora({"lora_unet__unet_down_blocks_0_proj.lora_down.weight": torch.zeros(2, 4),
+                                      "lora_unet__unet_down_blocks_0_proj.lora_up.weight": torch.zeros(4, 2)}, "sdxl.safetensors")  # fmt: skip
+    model = lora_module.meta_transformer(_detection(tiny_root / "tiny-EasyAnimateV5.1-12b-zh"))
+    with pytest.raises(LoraError, match=r"sdxl.safetensors.*lora_unet__unet_down_blocks_0_proj"):
+        match_lora(weights, model)
+
+
+def test_a_partial_match_warns_with_counts(tiny_root, tmp_path):
+    model_dir = tiny_root / "tiny-EasyAnimateV5.1-12b-zh"
+    tensors = make_lora(model_dir, only=lambda path: path.startswith("transformer_blocks.0.attn1")).tensors()
+    tensors.update({"lora_unet__not_a_layer.lora_down.weight": torch.zeros(4, 8),
+                    "lora_unet__not_a_layer.lora_up.weight": torch.zeros(8, 4)})  # fmt: skip
+    messages = []
+    matched = match_lora(lora_module.parse_lora(tensors, "partial"), lora_module.meta_transformer(_detection(model_dir)),
+                         log=messages.append)  # fmt: skip
+    assert len(matched) == 4
+    assert len(messages) == 1 and "4 of 5 entries applied; 1 unmatched" in messages[0]
+    assert "lora_unet__not_a_layer" in messages[0]
+
+
+def test_a_lora_for_another_width_is_an_error_naming_the_shape_mismatch(tiny_root, tmp_path):
+    model_dir = tiny_root / "tiny-EasyAnimateV5.1-12b-zh"
+    wider = make_lora(model_dir)
+    wider.pairs = {path: (torch.zeros(4, 2 * down.shape[1]), torch.zeros(2 * up.shape[0], 4), None)
+                   for path, (down, up, _) in wider.pairs.items()}  # fmt: skip
+    model = lora_module.meta_transformer(_detection(model_dir))
+    with pytest.raises(LoraError, match=r"(?s)proj_out: the model's layer is \[64, 32\].*LoRA's up @ down is \[128, 64\]"):
+        match_lora(saved(wider, tmp_path, "wide"), model)
+
+
+def test_a_lora_for_the_other_version_is_an_error_naming_the_text_projection(tiny_root, tmp_path):
+    v5_lora = saved(make_lora(tiny_root / "tiny-EasyAnimateV5-12b-zh"), tmp_path, "v5")  # Bert + mT5 projections
+    v51_model = lora_module.meta_transformer(_detection(tiny_root / "tiny-EasyAnimateV5.1-12b-zh"))
+    with pytest.raises(LoraError, match=r"(?s)another EasyAnimate size or version.*lora_unet__text_proj: a V5 \(Bert"):
+        match_lora(v5_lora, v51_model)
+
+
+def test_a_lora_for_the_other_size_is_an_error_naming_the_missing_blocks(tiny_root, tmp_path):
+    lora_7b = saved(make_lora(tiny_root / "tiny-EasyAnimateV5.1-7b-zh"), tmp_path, "7b")  # 4 blocks, last 2 shared
+    model_12b = lora_module.meta_transformer(_detection(tiny_root / "tiny-EasyAnimateV5.1-12b-zh"))  # 2 blocks
+    with pytest.raises(LoraError, match=r"targets transformer block 2, this model has 2 blocks"):
+        match_lora(lora_7b, model_12b)
+    lora_12b = saved(make_lora(tiny_root / "tiny-EasyAnimateV5.1-12b-zh"), tmp_path, "12b")
+    model_7b = lora_module.meta_transformer(_detection(tiny_root / "tiny-EasyAnimateV5.1-7b-zh"))
+    lora_12b.transformer = {k: v for k, v in lora_12b.transformer.items() if "blocks_0" in k or "blocks_1" in k}
+    match_lora(lora_12b, model_7b, log=pytest.fail)  # blocks 0-1 are MMDiT in both: a clean match
+
+
+def test_pickle_lora_files_are_refused(tmp_path):
+    path = tmp_path / "style.pt"
+    torch.save({"a": torch.zeros(1)}, path)
+    with pytest.raises(LoraError, match="only .safetensors"):
+        load_lora_file(path)
+
+
+def test_detaching_restores_every_layer_and_leaves_no_lora_tensor(tiny_root, tmp_path):
+    model_dir = tiny_root / "tiny-EasyAnimateV5.1-7b-zh"
+    model = load_transformer(model_dir, dtype=torch.float32)
+    before = {name: (type(m), sorted(m._buffers)) for name, m in model.named_modules()}
+    pointers = {name: t.data_ptr() for name, t in model.state_dict().items()}
+    assert attach_loras(model, [(saved(make_lora(model_dir), tmp_path, "a"), 1.0)]) == len(linear_shapes(model_dir))
+    assert detach_loras(model) == len(linear_shapes(model_dir))
+    assert {name: (type(m), sorted(m._buffers)) for name, m in model.named_modules()} == before
+    assert {name: t.data_ptr() for name, t in model.state_dict().items()} == pointers
+    assert not any(isinstance(m, LoraLinear) for m in model.modules())

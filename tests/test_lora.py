@@ -164,3 +164,135 @@ def test_detaching_restores_every_layer_and_leaves_no_lora_tensor(tiny_root, tmp
     assert {name: (type(m), sorted(m._buffers)) for name, m in model.named_modules()} == before
     assert {name: t.data_ptr() for name, t in model.state_dict().items()} == pointers
     assert not any(isinstance(m, LoraLinear) for m in model.modules())
+
+
+# -- fp8 storage --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fp8_mode", ["reference exact", "quality"])
+@pytest.mark.parametrize("model_name", ["tiny-EasyAnimateV5.1-12b-zh", "tiny-EasyAnimateV5.1-7b-zh"])
+def test_fp8_storage_error_with_a_lora_is_no_larger_than_without(tiny_root, tmp_path, model_name, fp8_mode):
+    """Realistic LoRA size (|ΔW| ≈ 4 % of |W|). References: bf16-stored weights, base and merged (fp32 merge)."""
+    from models.quant import load_transformer_fp8
+
+    model_dir = tiny_root / model_name
+    lora = make_lora(model_dir, magnitude=0.2)
+    reference_base = forward(load_transformer(model_dir, dtype=torch.float32), model_dir)  # the file is bf16
+    merged = merged_transformer(model_dir, tmp_path / "merged", [(lora, 1.0)], dtype=torch.bfloat16)
+    reference_lora = forward(load_transformer(merged, dtype=torch.float32), model_dir)
+    fp8 = load_transformer_fp8(model_dir, dtype=torch.float32, storage_dtype=torch.float8_e4m3fn, fp8_mode=fp8_mode)
+    error_without = relative_error(forward(fp8, model_dir), reference_base)
+    with loras_attached(fp8, [(saved(lora, tmp_path, "a"), 1.0)]):
+        error_with = relative_error(forward(fp8, model_dir), reference_lora)
+    assert error_with <= 1.05 * error_without, (error_with, error_without)  # 5 %: the network's own sensitivity
+
+
+def test_on_an_fp8_layer_the_delta_is_computed_unquantized(tiny_root, tmp_path):
+    """Layer level, exact: fp8 layer + LoRA - fp8 layer == x @ (s · alpha/rank · up @ down)ᵀ in fp32."""
+    from models.quant import load_transformer_fp8
+
+    model_dir = tiny_root / "tiny-EasyAnimateV5.1-12b-zh"
+    lora = make_lora(model_dir, rank=4, alpha=2.0)
+    fp8 = load_transformer_fp8(model_dir, dtype=torch.float32, storage_dtype=torch.float8_e4m3fn,
+                               fp8_mode="reference exact")  # fmt: skip
+    layer = fp8.get_submodule("transformer_blocks.0.attn1.to_q")
+    assert layer.weight.dtype == torch.float8_e4m3fn
+    x = torch.randn(3, 7, layer.in_features, generator=torch.Generator().manual_seed(0))
+    base = layer(x)
+    with loras_attached(fp8, [(saved(lora, tmp_path, "a"), -1.5)]):
+        delta = layer(x) - base
+    down, up, _ = lora.pairs["transformer_blocks.0.attn1.to_q"]
+    expected = x @ (-1.5 * 2.0 / 4 * up @ down).T
+    assert relative_error(delta, expected) <= 1e-5
+
+
+# -- memory modes, merge mode, switching ----------------------------------------------------------------------------
+
+GENERATE_MODEL = "tiny-EasyAnimateV5.1-7b-zh"  # 4 blocks: 2 MMDiT + 2 shared-weight
+
+
+def _generate(components, stack_model, merge=False):
+    """One short sampling run through the sampler's path: transformer() then placement() around generate()."""
+    from models import pipeline
+
+    transformer = components.transformer(device="cpu")
+    request = pipeline.Request(width=32, height=32, frames=5, steps=2, guidance_scale=6.0, seed=5, scheduler="Flow")
+    text = (torch.randn(2, 8, 64, generator=torch.Generator().manual_seed(2)),)
+    with stack_model.placement(transformer, torch.device("cpu")):
+        return pipeline.generate(transformer, None, text, request, variant=components.variant, dtype=torch.float32)
+
+
+def _components(tiny_root, memory_mode="gpu", storage=None, resident_blocks=0):
+    from models.components import open_model
+
+    components = open_model(tiny_root / GENERATE_MODEL, "fp32", storage, memory_mode, resident_blocks)
+    components.release()  # a fresh load for this test (open_model shares objects per settings)
+    return components
+
+
+@pytest.mark.parametrize("storage", [None, "fp8_e4m3fn"], ids=["fp32", "fp8"])
+@pytest.mark.parametrize("mode,resident", [("model_cpu_offload", 0), ("sequential", 0), ("sequential", 3)])
+def test_every_memory_mode_gives_the_gpu_mode_output_with_loras(tiny_root, tmp_path, storage, mode, resident):
+    from models.lora import LoraModel
+
+    model_dir = tiny_root / GENERATE_MODEL
+    stack = [(saved(make_lora(model_dir, seed=1), tmp_path, "a"), 0.7),
+             (saved(make_lora(model_dir, "peft", seed=2), tmp_path, "b"), -0.4)]  # fmt: skip
+    gpu = _components(tiny_root, "gpu", storage)
+    expected = _generate(gpu, LoraModel(gpu, stack))
+    offloaded = _components(tiny_root, mode, storage, resident)
+    assert torch.equal(_generate(offloaded, LoraModel(offloaded, stack)), expected)
+    assert not torch.equal(_generate(gpu, gpu), expected)  # the LoRAs took part
+
+
+def test_lora_tensors_stream_with_their_block_under_block_swap(tiny_root, tmp_path):
+    from models.offload import BlockSwap
+
+    model_dir = tiny_root / GENERATE_MODEL
+    model = load_transformer(model_dir, dtype=torch.float32)
+    plain = BlockSwap(model, "cpu").streamed_bytes
+    weights = saved(make_lora(model_dir, rank=4), tmp_path, "a")
+    with loras_attached(model, [(weights, 1.0)]):
+        swap = BlockSwap(model, "cpu")
+        with_lora = swap.streamed_bytes
+        with swap:
+            forward(model, model_dir)
+            layer = model.get_submodule("transformer_blocks.3.ff.net.2")
+            assert layer.lora_down.data_ptr() == swap.blocks[3].home[_slot(swap.blocks[3], layer, "lora_down")].data_ptr()
+    block_lora_bytes = sum(e.down.numel() + e.up.numel() for k, e in weights.transformer.items() if "blocks_" in k) * 4
+    assert with_lora - plain == block_lora_bytes
+
+
+def _slot(placement, module, name):
+    return next(i for i, (owner, attr, _) in enumerate(placement.slots) if owner is module and attr == name)
+
+
+def test_merge_mode_matches_the_original_formula_and_leaves_the_stored_weights_untouched(tiny_root, tmp_path):
+    model_dir = tiny_root / "tiny-EasyAnimateV5.1-12b-zh"
+    lora = make_lora(model_dir)
+    merged = load_transformer(merged_transformer(model_dir, tmp_path / "m", [(lora, 0.9)]), dtype=torch.float32)
+    expected = forward(merged, model_dir)
+    model = load_transformer(model_dir, dtype=torch.float32)
+    pristine = {k: v.clone() for k, v in model.state_dict().items()}
+    with loras_attached(model, [(saved(lora, tmp_path, "a"), 0.9)], merge=True):
+        assert "lora_merged_weight" in model.proj_out._buffers and "lora_down" not in model.proj_out._buffers
+        actual = forward(model, model_dir)
+    assert relative_error(actual, expected) <= 1e-6
+    assert all(torch.equal(v, pristine[k]) for k, v in model.state_dict().items())
+
+
+def test_changing_strength_or_removing_the_lora_never_reloads_and_matches_a_fresh_load(tiny_root, tmp_path):
+    from models.lora import LoraModel
+
+    model_dir = tiny_root / GENERATE_MODEL
+    weights = saved(make_lora(model_dir), tmp_path, "a")
+    fresh = {}
+    for strength in (1.0, -0.5, None):
+        loaded = _components(tiny_root)  # released first: a fresh load each
+        fresh[strength] = _generate(loaded, loaded if strength is None else LoraModel(loaded, [(weights, strength)]))
+    components = _components(tiny_root)
+    transformer = components.transformer()
+    for strength in (1.0, -0.5, None, 1.0, None, -0.5):
+        stacked = components if strength is None else LoraModel(components, [(weights, strength)])
+        assert torch.equal(_generate(components, stacked), fresh[strength])
+        assert components.transformer() is transformer  # never reloaded

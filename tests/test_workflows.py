@@ -21,7 +21,7 @@ from workflow_api import CONTROL_VALUES, FRONTEND_ONLY_TYPES, combo_options, mis
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
 WORKFLOWS = sorted(WORKFLOWS_DIR.glob("*.json"))
-SHIPPED = {"text_to_video", "image_to_video", "control_to_video"}
+SHIPPED = {"text_to_video", "image_to_video", "control_to_video", "text_to_video_lora"}
 # Combos whose choices depend on the machine (installed models, files in the input folder): only the type is checked.
 MACHINE_DEPENDENT_COMBOS = {(LOADER, "model"), ("LoadImage", "image"), ("LoadVideo", "file")}
 IDS = [p.stem for p in WORKFLOWS]

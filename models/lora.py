@@ -207,6 +207,9 @@ def match_lora(weights: LoraWeights, root: nn.Module, log: Callable[[str], None]
         shown = unmatched[:5] or weights.unknown[:5]
         raise LoraError(f"{weights.name}: none of its {len(weights.transformer)} transformer entries names a layer "
                         f"of this EasyAnimate transformer (first unmatched: {shown}). Is it a LoRA for another model?")
+    if weights.text_encoder:  # docs/lora.md, not done yet
+        log(f"EasyAnimate LoRA warning: {weights.name}: its {len(weights.text_encoder)} text-encoder entries "
+            "(lora_te_) are not applied; only the transformer part of this LoRA is used.")
     skipped = len(unmatched) + len(weights.unknown)
     if skipped:
         log(f"EasyAnimate LoRA warning: {weights.name}: {len(matched)} of {len(matched) + skipped} entries applied; "

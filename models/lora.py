@@ -264,7 +264,7 @@ def _weight_fp32(linear: nn.Module) -> torch.Tensor:
 
 
 def attach_loras(transformer: nn.Module, stack, merge: bool = False, log: Callable[[str], None] = print) -> int:
-    """Attach `stack` — (LoraWeights, strength) pairs — to the transformer's Linears; returns how many layers got one.
+    """Attach `stack`, (LoraWeights, strength) pairs, to the transformer's Linears; returns how many layers got one.
 
     Unmerged (default): each targeted Linear gets `lora_down` / `lora_up` in the compute dtype (all stacked LoRAs
     concatenated on the rank axis, strength·alpha/rank folded into up in fp32 first). Merged: layer by layer, W and

@@ -24,8 +24,8 @@ def list_loras() -> list[str]:
 def resolve_lora(name: str) -> Path:
     """The file behind a dropdown entry; refuses names that leave the LoRA folders and non-safetensors files."""
     if name == NO_LORAS:
-        raise FileNotFoundError("No LoRA is installed: put a .safetensors LoRA into ComfyUI/models/loras/ "
-                                "(or a folder named `loras` in extra_model_paths.yaml) and refresh the page.")  # fmt: skip
+        raise FileNotFoundError("No LoRA is installed: put a .safetensors LoRA into ComfyUI/models/loras/ (or a "
+                                "folder named `loras` in extra_model_paths.yaml) and refresh the page.")
     relative = Path(name)
     if not relative.parts or relative.is_absolute() or any(part in ("..", "") for part in relative.parts):
         raise ValueError(f"invalid LoRA name {name!r}: it must be a file inside the loras folders")

@@ -99,8 +99,9 @@ def test_diffusers_layout_kohya_names_map_to_the_text_stream_attention(tiny_root
 
 
 def test_a_lora_matching_nothing_is_an_error_naming_the_first_unmatched_keys(tiny_root):
-    weights = lora_module.parse_lora({"lora_unet__unet_down_blocks_0_proj.lora_down.weight": torch.zeros(2, 4),
-                                      "lora_unet__unet_down_blocks_0_proj.lora_up.weight": torch.zeros(4, 2)}, "sdxl.safetensors")  # fmt: skip
+    stem = "lora_unet__unet_down_blocks_0_proj"  # an SD-style name
+    tensors = {f"{stem}.lora_down.weight": torch.zeros(2, 4), f"{stem}.lora_up.weight": torch.zeros(4, 2)}
+    weights = lora_module.parse_lora(tensors, "sdxl.safetensors")
     model = lora_module.meta_transformer(_detection(tiny_root / "tiny-EasyAnimateV5.1-12b-zh"))
     with pytest.raises(LoraError, match=r"sdxl.safetensors.*lora_unet__unet_down_blocks_0_proj"):
         match_lora(weights, model)
@@ -112,8 +113,8 @@ def test_a_partial_match_warns_with_counts(tiny_root, tmp_path):
     tensors.update({"lora_unet__not_a_layer.lora_down.weight": torch.zeros(4, 8),
                     "lora_unet__not_a_layer.lora_up.weight": torch.zeros(8, 4)})  # fmt: skip
     messages = []
-    matched = match_lora(lora_module.parse_lora(tensors, "partial"), lora_module.meta_transformer(_detection(model_dir)),
-                         log=messages.append)  # fmt: skip
+    model = lora_module.meta_transformer(_detection(model_dir))
+    matched = match_lora(lora_module.parse_lora(tensors, "partial"), model, log=messages.append)
     assert len(matched) == 4
     assert len(messages) == 1 and "4 of 5 entries applied; 1 unmatched" in messages[0]
     assert "lora_unet__not_a_layer" in messages[0]
@@ -125,7 +126,8 @@ def test_a_lora_for_another_width_is_an_error_naming_the_shape_mismatch(tiny_roo
     wider.pairs = {path: (torch.zeros(4, 2 * down.shape[1]), torch.zeros(2 * up.shape[0], 4), None)
                    for path, (down, up, _) in wider.pairs.items()}  # fmt: skip
     model = lora_module.meta_transformer(_detection(model_dir))
-    with pytest.raises(LoraError, match=r"(?s)proj_out: the model's layer is \[64, 32\].*LoRA's up @ down is \[128, 64\]"):
+    shapes = r"(?s)proj_out: the model's layer is \[64, 32\].*LoRA's up @ down is \[128, 64\]"
+    with pytest.raises(LoraError, match=shapes):
         match_lora(saved(wider, tmp_path, "wide"), model)
 
 
@@ -258,7 +260,8 @@ def test_lora_tensors_stream_with_their_block_under_block_swap(tiny_root, tmp_pa
         with swap:
             forward(model, model_dir)
             layer = model.get_submodule("transformer_blocks.3.ff.net.2")
-            assert layer.lora_down.data_ptr() == swap.blocks[3].home[_slot(swap.blocks[3], layer, "lora_down")].data_ptr()
+            home = swap.blocks[3].home[_slot(swap.blocks[3], layer, "lora_down")]
+            assert layer.lora_down.data_ptr() == home.data_ptr()  # a streamed block is back home after its forward
     block_lora_bytes = sum(e.down.numel() + e.up.numel() for k, e in weights.transformer.items() if "blocks_" in k) * 4
     assert with_lora - plain == block_lora_bytes
 

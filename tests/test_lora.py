@@ -299,3 +299,63 @@ def test_changing_strength_or_removing_the_lora_never_reloads_and_matches_a_fres
         stacked = components if strength is None else LoraModel(components, [(weights, strength)])
         assert torch.equal(_generate(components, stacked), fresh[strength])
         assert components.transformer() is transformer  # never reloaded
+
+
+@pytest.mark.parametrize("mode,resident", [("model_cpu_offload", 0), ("sequential", 1)])
+def test_merge_mode_gives_the_gpu_mode_output_in_offload_modes(tiny_root, tmp_path, mode, resident):
+    from models.lora import LoraModel
+
+    stack = [(saved(make_lora(tiny_root / GENERATE_MODEL, seed=4), tmp_path, "a"), 0.6)]
+    gpu = _components(tiny_root, "gpu")
+    expected = _generate(gpu, LoraModel(gpu, stack, merge=True))
+    offloaded = _components(tiny_root, mode, resident_blocks=resident)
+    assert torch.equal(_generate(offloaded, LoraModel(offloaded, stack, merge=True)), expected)
+    unmerged = _generate(gpu, LoraModel(gpu, stack))
+    assert relative_error(expected, unmerged) <= 1e-5  # merged == delta in the forward, up to fp32 rounding
+
+
+def test_an_error_during_the_run_leaves_no_lora_attached(tiny_root, tmp_path):
+    model_dir = tiny_root / "tiny-EasyAnimateV5.1-12b-zh"
+    model = load_transformer(model_dir, dtype=torch.float32)
+    with pytest.raises(KeyboardInterrupt):
+        with loras_attached(model, [(saved(make_lora(model_dir), tmp_path, "a"), 1.0)]):
+            assert isinstance(model.proj_out, LoraLinear)
+            raise KeyboardInterrupt  # what Cancel looks like from inside the sampler
+    assert not any(isinstance(m, LoraLinear) or "lora_down" in m._buffers for m in model.modules())
+
+
+def test_stacked_lora_models_share_the_loaded_components(tiny_root, tmp_path):
+    from models.lora import LoraModel, with_lora
+
+    components = _components(tiny_root)
+    weights = saved(make_lora(tiny_root / GENERATE_MODEL), tmp_path, "a")
+    first = with_lora(components, weights, 0.5)
+    second = with_lora(first, weights, -0.25, merge=True)
+    assert isinstance(second, LoraModel) and second.base_components is components
+    assert [s for _, s in second.loras] == [0.5, -0.25] and second.merge and not first.merge
+    assert second.transformer() is components.transformer() and second.variant is components.variant
+
+
+def test_the_lora_model_attaches_before_the_block_swap_takes_its_inventory(tiny_root, tmp_path):
+    """Under `sequential`, the bytes streamed per run grow by the blocks' LoRA bytes × block loads."""
+    from models import pipeline
+    from models.lora import LoraModel
+    from models.offload import OffloadStats
+
+    weights = saved(make_lora(tiny_root / GENERATE_MODEL, rank=4), tmp_path, "a")
+    components = _components(tiny_root, "sequential", resident_blocks=1)
+    transformer = components.transformer(device="cpu")
+    request = pipeline.Request(width=32, height=32, frames=5, steps=1, guidance_scale=1.0, seed=5, scheduler="Flow")
+    moved = {}
+    for name, model in (("plain", components), ("lora", LoraModel(components, [(weights, 1.0)]))):
+        stats = OffloadStats()
+        with model.placement(transformer, torch.device("cpu"), stats):
+            pipeline.generate(transformer, None, (torch.randn(1, 8, 64),), request, variant=components.variant,
+                              dtype=torch.float32)  # fmt: skip
+        moved[name] = (stats.bytes_moved, stats.block_loads)
+    lora_bytes = {i: sum(e.down.numel() + e.up.numel() for k, e in weights.transformer.items()
+                         if f"blocks_{i}_" in k) * 4 for i in range(4)}  # fmt: skip
+    non_block = sum(e.down.numel() + e.up.numel() for k, e in weights.transformer.items() if "blocks_" not in k) * 4
+    streamed = sum(lora_bytes[i] for i in (1, 2, 3))  # one step: blocks 1-3 streamed once each
+    assert moved["lora"][1] == moved["plain"][1] == 3
+    assert moved["lora"][0] - moved["plain"][0] == non_block + lora_bytes[0] + streamed

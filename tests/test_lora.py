@@ -359,3 +359,16 @@ def test_the_lora_model_attaches_before_the_block_swap_takes_its_inventory(tiny_
     streamed = sum(lora_bytes[i] for i in (1, 2, 3))  # one step: blocks 1-3 streamed once each
     assert moved["lora"][1] == moved["plain"][1] == 3
     assert moved["lora"][0] - moved["plain"][0] == non_block + lora_bytes[0] + streamed
+
+
+def test_text_encoder_entries_are_reported_as_not_applied(tiny_root):
+    model_dir = tiny_root / "tiny-EasyAnimateV5-12b-zh"
+    tensors = make_lora(model_dir, only=lambda path: path == "proj_out").tensors()
+    tensors.update({"lora_te_encoder_layer_0_attention_self_query.lora_down.weight": torch.zeros(4, 32),
+                    "lora_te_encoder_layer_0_attention_self_query.lora_up.weight": torch.zeros(32, 4)})  # fmt: skip
+    messages = []
+    matched = match_lora(lora_module.parse_lora(tensors, "te"), lora_module.meta_transformer(_detection(model_dir)),
+                         log=messages.append)  # fmt: skip
+    assert list(matched) == ["proj_out"]
+    assert messages == ["EasyAnimate LoRA warning: te: its 1 text-encoder entries (lora_te_) are not applied; only the "
+                        "transformer part of this LoRA is used."]  # fmt: skip

@@ -59,3 +59,42 @@ cast = SimpleNamespace(Linear=Linear, Conv2d=Conv2d, Conv3d=Conv3d, LayerNorm=La
 def resolve(ops: SimpleNamespace | None) -> SimpleNamespace:
     """The namespace a constructor should use: the one given, else the default casting layers."""
     return cast if ops is None else ops
+
+
+# -- LoRA: low-rank deltas added in the forward (docs/lora.md) ---------------------------------------------------------
+
+
+class LoraLinear:
+    """Mixin placed in front of an injected Linear class while LoRAs are attached (models/lora.py swaps the class
+    of each targeted layer and back). The base weight is never written:
+
+    - unmerged: y = base(x) + up(down(x)), with `lora_down` [Σrank, in] and `lora_up` [out, Σrank] holding every
+      stacked LoRA side by side (strength · alpha / rank folded into `lora_up`), both in the compute dtype, so one
+      pair of thin matmuls serves the whole stack and fp8 storage never rounds the delta;
+    - merged: `lora_merged_weight` (W + Σ delta, merged in fp32, held in the compute dtype) replaces W in the matmul.
+    These are non-persistent buffers, so offload moves them with their block like any other tensor."""
+
+    base_linear: type  # the injected class this one extends
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        merged = self._buffers.get("lora_merged_weight")
+        if merged is not None:
+            return F.linear(x, cast_like(merged, x), cast_like(self.bias, x))
+        y = super().forward(x).contiguous()  # a no-op for F.linear's output; the in-place add below needs it
+        hidden = F.linear(x, cast_like(self.lora_down, x))  # [..., Σrank]
+        flat = y.view(-1, y.shape[-1])
+        flat.addmm_(hidden.reshape(-1, hidden.shape[-1]), cast_like(self.lora_up, x).t())  # y += hidden @ upᵀ
+        return y
+
+
+_lora_classes: dict[type, type] = {}
+
+
+def lora_class(linear_class: type) -> type:
+    """The LoRA-aware subclass of an injected Linear class (one per class, built on first use)."""
+    if issubclass(linear_class, LoraLinear):
+        return linear_class
+    if linear_class not in _lora_classes:
+        name = f"Lora{linear_class.__name__}"
+        _lora_classes[linear_class] = type(name, (LoraLinear, linear_class), {"base_linear": linear_class})
+    return _lora_classes[linear_class]

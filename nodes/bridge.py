@@ -189,6 +189,7 @@ def comfy_patcher(holder, name: str, module, size: int, device):
     except ImportError:
         return None
     mm = _mm()
+    holder = getattr(holder, "base_components", holder)  # a LoRA-stacked model shares its base's patcher
     patchers = holder.__dict__.setdefault("_comfy_patchers", {})
     patcher = patchers.get(name)
     if patcher is None or patcher.model is not module:

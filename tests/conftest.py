@@ -58,6 +58,19 @@ def tiny_checkpoints() -> Path:
     return ensure_tiny_checkpoints()
 
 
+def tiny_lora_folder(folder: Path, tiny_root: Path) -> Path:
+    """A loras folder for the server: the LoRA the shipped LoRA workflow names (made for the tiny V5.1 12B it runs on)
+    and one per key format; see tests/tiny_loras.py."""
+    import torch
+    from tiny_loras import make_lora
+
+    model_dir = tiny_root / "tiny-EasyAnimateV5.1-12b-zh"
+    make_lora(model_dir, "kohya", seed=11).save(folder / "easyanimate_v5.1_style_lora.safetensors", torch.bfloat16)
+    make_lora(model_dir, "peft", alpha=None, seed=12).save(folder / "tiny_peft_lora.safetensors")
+    make_lora(tiny_root / "tiny-EasyAnimateV5-12b-zh", seed=13).save(folder / "tiny_v5_lora.safetensors")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def comfy_server(tmp_path_factory):
     from comfyui_server import ComfyServer
@@ -79,7 +92,8 @@ def comfy_server(tmp_path_factory):
     single_files = tmp_path_factory.mktemp("diffusion_models")
     for file in tiny_root.glob("*.safetensors"):
         (single_files / file.name).symlink_to(file)
-    model_paths = {"EasyAnimate": [yaml_dir, tiny_root], "diffusion_models": [single_files]}
+    model_paths = {"EasyAnimate": [yaml_dir, tiny_root], "diffusion_models": [single_files],
+                   "loras": [tiny_lora_folder(tmp_path_factory.mktemp("loras"), tiny_root)]}
     server = ComfyServer.start(
         custom_nodes={PACK_FOLDER_NAME: REPO_ROOT, BROKEN_PACK_NAME: broken},
         model_paths=model_paths,

@@ -1,0 +1,80 @@
+"""EasyAnimate LoRA: model in -> the same model with one more LoRA on its stack (models/lora.py; docs/lora.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .bridge import model_dirs
+
+LORAS_FOLDER = "loras"  # ComfyUI's own LoRA folder key (models/loras + extra_model_paths.yaml)
+NO_LORAS = "(no LoRAs found: put .safetensors files in ComfyUI/models/loras/)"
+APPLY_MODES = ["delta in forward", "merge (GPU speed)"]
+
+
+def list_loras() -> list[str]:
+    """Every .safetensors file under the registered LoRA folders, as a path relative to its folder."""
+    names: list[str] = []
+    for root in model_dirs(LORAS_FOLDER):
+        if root.is_dir():
+            found = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.safetensors") if p.is_file())
+            names += [name for name in found if name not in names]
+    return names
+
+
+def resolve_lora(name: str) -> Path:
+    """The file behind a dropdown entry; refuses names that leave the LoRA folders and non-safetensors files."""
+    if name == NO_LORAS:
+        raise FileNotFoundError("No LoRA is installed: put a .safetensors LoRA into ComfyUI/models/loras/ (or a "
+                                "folder named `loras` in extra_model_paths.yaml) and refresh the page.")
+    relative = Path(name)
+    if not relative.parts or relative.is_absolute() or any(part in ("..", "") for part in relative.parts):
+        raise ValueError(f"invalid LoRA name {name!r}: it must be a file inside the loras folders")
+    if relative.suffix.lower() != ".safetensors":
+        raise ValueError(f"LoRA {name!r}: only .safetensors files are loaded (pickle formats can execute code)")
+    searched = model_dirs(LORAS_FOLDER)
+    for root in searched:
+        candidate = root / relative
+        if candidate.is_file():
+            return candidate.absolute()
+    where = ", ".join(str(d) for d in searched) or "ComfyUI/models/loras"
+    raise FileNotFoundError(f"LoRA {name!r} not found in: {where}")
+
+
+class EasyAnimateLora:
+    CATEGORY = "EasyAnimate"
+    FUNCTION = "apply"
+    RETURN_TYPES = ("EASYANIMATE_MODEL",)
+    RETURN_NAMES = ("model",)
+    DESCRIPTION = (
+        "Adds a LoRA (kohya `lora_unet_` or diffusers/PEFT names, .safetensors from models/loras) to the model. Chain "
+        "several to stack them. The base weights are never changed: switching or removing a LoRA reloads nothing, "
+        "and it works with fp8 storage and every memory mode. A LoRA made for another EasyAnimate size or version is "
+        "refused with the layers that do not fit."
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("EASYANIMATE_MODEL",),
+                "lora_name": (list_loras() or [NO_LORAS], {"tooltip": "A .safetensors file in models/loras."}),
+                "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
+                                       "tooltip": "Multiplier m of m · alpha/rank · up @ down (0 = off)."}),
+            },
+            "optional": {
+                "apply": (APPLY_MODES, {"default": APPLY_MODES[0], "tooltip": (
+                    "delta in forward: exact, any memory mode, fp8-safe. merge: the stack (up to this node) is merged "
+                    "in fp32 into a compute-dtype copy of each targeted layer for the run — faster on a GPU, costs "
+                    "that copy's memory.")}),
+            },
+        }  # fmt: skip
+
+    def apply(self, model, lora_name, strength, apply=APPLY_MODES[0]):
+        from ..models.lora import load_lora_file, with_lora
+
+        weights = load_lora_file(resolve_lora(lora_name))
+        return (with_lora(model, weights, strength, merge=apply == APPLY_MODES[1]),)
+
+
+NODE_CLASS_MAPPINGS = {"EasyAnimateLora": EasyAnimateLora}
+NODE_DISPLAY_NAME_MAPPINGS = {"EasyAnimateLora": "EasyAnimate LoRA"}

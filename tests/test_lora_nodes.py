@@ -1,0 +1,105 @@
+"""The EasyAnimate LoRA node: its folder handling (plain functions) and, in a real ComfyUI server, stacking, switching
+and removing LoRAs between runs (bit-identical to runs that never saw them, no reload, no RSS growth)."""
+
+from __future__ import annotations
+
+import numpy as np
+import psutil
+import pytest
+
+from test_comfyui_video import graph, read_video, run_ok
+
+SWITCH_MODEL = "tiny-EasyAnimateV5.1-12b-zh-diffusers"  # used by no other server test: its first load is here
+LORA = "easyanimate_v5.1_style_lora.safetensors"  # kohya names (tests/conftest.py, tiny_lora_folder)
+PEFT_LORA = "tiny_peft_lora.safetensors"
+
+
+@pytest.fixture
+def lora_nodes(pack):
+    import importlib
+
+    return importlib.import_module(f"{pack.__name__}.nodes.lora")
+
+
+@pytest.fixture
+def lora_dir(tmp_path, monkeypatch, lora_nodes):
+    (tmp_path / "styles").mkdir()
+    (tmp_path / "styles" / "ink.safetensors").write_bytes(b"")
+    (tmp_path / "old.ckpt").write_bytes(b"")
+    monkeypatch.setattr(lora_nodes, "model_dirs", lambda key: [tmp_path] if key == "loras" else [])
+    return tmp_path
+
+
+def test_lists_safetensors_files_of_the_loras_folders_only(lora_nodes, lora_dir):
+    assert lora_nodes.list_loras() == ["styles/ink.safetensors"]
+    assert lora_nodes.resolve_lora("styles/ink.safetensors") == (lora_dir / "styles" / "ink.safetensors").absolute()
+
+
+@pytest.mark.parametrize("name", ["../secret.safetensors", "/etc/passwd.safetensors", "styles/../../x.safetensors"])
+def test_names_leaving_the_loras_folders_are_refused(lora_nodes, lora_dir, name):
+    with pytest.raises(ValueError, match="inside the loras folders"):
+        lora_nodes.resolve_lora(name)
+
+
+def test_pickle_files_are_refused_by_name(lora_nodes, lora_dir):
+    with pytest.raises(ValueError, match="only .safetensors"):
+        lora_nodes.resolve_lora("old.ckpt")
+
+
+# -- real server ------------------------------------------------------------------------------------------------------
+
+
+def lora_graph(model, stack, prefix, **kwargs):
+    """graph() with `stack` [(lora file, strength)] chained between the loader and every consumer of the model."""
+    prompt = graph(model, prefix=prefix, **kwargs)
+    source = ["1", 0]
+    for i, (name, strength) in enumerate(stack):
+        node = str(10 + i)
+        prompt[node] = {"class_type": "EasyAnimateLora",
+                        "inputs": {"model": source, "lora_name": name, "strength": strength}}  # fmt: skip
+        source = [node, 0]
+    for node in ("2", "3", "4"):
+        prompt[node]["inputs"]["model"] = source
+    return prompt
+
+
+def _rss(server) -> int:
+    return psutil.Process(server.process.pid).memory_info().rss
+
+
+def _loads_logged(server) -> int:
+    """Transformers handed to ComfyUI's model management so far: a reloaded transformer is a new module, which gets
+    a new ModelPatcher, which ComfyUI logs as "Requested to load EasyAnimateTransformer" again."""
+    return server.log_path.read_text(errors="replace").count("Requested to load EasyAnimateTransformer")
+
+
+def test_node_lists_the_loras_folder_with_strength_from_minus_10_to_10(comfy_server):
+    info = comfy_server.object_info()["EasyAnimateLora"]["input"]
+    assert {LORA, PEFT_LORA} <= set(info["required"]["lora_name"][0])
+    assert (info["required"]["strength"][1]["min"], info["required"]["strength"][1]["max"]) == (-10.0, 10.0)
+    assert list(info["optional"]) == ["apply"]
+
+
+def test_switching_and_removing_loras_is_bit_identical_to_runs_without_them_and_never_reloads(comfy_server):
+    loads_before = _loads_logged(comfy_server)
+    runs = {"base": [], "a": [], "b": [], "ab": []}
+    stacks = {"base": [], "a": [(LORA, 0.8)], "b": [(LORA, -0.5)], "ab": [(LORA, 0.8), (PEFT_LORA, -0.7)]}
+    rss = []
+    for cycle in range(3):
+        for key in ("base", "a", "b", "ab"):
+            result = run_ok(comfy_server, lora_graph(SWITCH_MODEL, stacks[key], f"lora-{key}-{cycle}", seed=3))
+            runs[key].append(read_video(comfy_server, result))
+        rss.append(_rss(comfy_server))
+    for key, videos in runs.items():  # the first base run is a fresh load; each later run repeats its first exactly
+        assert all(np.array_equal(video, videos[0]) for video in videos[1:]), key
+    assert not np.array_equal(runs["a"][0], runs["base"][0])
+    assert not np.array_equal(runs["a"][0], runs["b"][0]) and not np.array_equal(runs["a"][0], runs["ab"][0])
+    assert _loads_logged(comfy_server) - loads_before == 1  # one transformer load for all twelve runs
+    assert (rss[2] - rss[0]) / rss[0] <= 0.02, [f"{r / 2**20:.0f} MiB" for r in rss]
+
+
+def test_a_lora_for_the_other_version_fails_at_its_node_naming_the_layers(comfy_server):
+    result = comfy_server.run(lora_graph("tiny-EasyAnimateV5.1-12b-zh", [("tiny_v5_lora.safetensors", 1.0)], "v5l"))
+    assert result.status == "error"
+    assert result.error["node_type"] == "EasyAnimateLora"
+    assert "V5 (Bert + mT5) text projection; this model is V5.1" in result.error["exception_message"]

@@ -141,6 +141,8 @@ class ModelComponents:
 
         plan = self.plan
         mode = "gpu" if plan is None else plan.mode
+        if torch.device(device).type == "cpu":  # offloading from RAM to RAM would only hold a second copy
+            mode = "gpu"
         resident = 0 if plan is None else plan.resident_blocks
         return transformer_placement(transformer, mode, device, resident, stats)
 

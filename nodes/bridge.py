@@ -178,20 +178,29 @@ def free_vram(device, wanted: int = 0) -> int | None:
 
 def _release_on_unload(holder, name: str):
     """ON_DETACH callback: ComfyUI unloading our patcher releases the component (weak: the callback does not keep
-    the model alive)."""
+    the model alive). The weights go now (moved to the meta device); the patcher and its emptied module stay until
+    the next load replaces them, because freeing the module inside ComfyUI's unload loop fires its cleanup
+    finalizer while the loop still indexes current_loaded_models."""
     owner = weakref.ref(holder)
 
     def released(patcher, *args) -> None:
         components = owner()
-        if components is not None:
+        if components is None:
+            return
+        patcher.model.to("meta")
+        components.__dict__["_comfy_detaching"] = name
+        try:
             components.release(name)
+        finally:
+            components.__dict__.pop("_comfy_detaching", None)
 
     return released
 
 
 def _forget_patcher(components, name, *args) -> None:
-    """on_release hook: a released component's patcher goes with it (ComfyUI then sees a dead record)."""
-    components.__dict__.get("_comfy_patchers", {}).pop(name, None)
+    """on_release hook: a component released by us (not by ComfyUI's unload) takes its patcher along."""
+    if components.__dict__.get("_comfy_detaching") != name:
+        components.__dict__.get("_comfy_patchers", {}).pop(name, None)
 
 
 def comfy_patcher(holder, name: str, module, size: int, device):

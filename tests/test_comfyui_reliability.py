@@ -127,7 +127,7 @@ def test_five_settings_changes_hold_one_copy_and_free_returns_to_the_baseline(se
         for run, (precision, mode) in enumerate(settings):
             prompt = graph(BIG, seed=20 + run, steps=1, prefix=f"settings{run}")
             prompt["1"]["inputs"].update(precision=precision, memory_mode=mode)
-            run_ok(server, prompt)
+            run_ok(server, prompt, timeout=300)
     growth = (sampled.peak - baseline) / one_copy
     assert growth <= 1.3, f"peak {sampled.peak / 2**20:.0f} MiB, baseline {baseline / 2**20:.0f} MiB"
     after = _free_and_settle(server, baseline_limit=1.2 * baseline)

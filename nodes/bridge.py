@@ -183,9 +183,9 @@ def _release_on_unload(holder, name: str):
     finalizer while the loop still indexes current_loaded_models."""
     owner = weakref.ref(holder)
 
-    def released(patcher, *args) -> None:
+    def released(patcher, unpatch_all: bool = True, *args) -> None:
         components = owner()
-        if components is None:
+        if components is None or not unpatch_all:  # unpatch_all=False: load_models_gpu re-loading it, not unloading
             return
         patcher.model.to("meta")
         components.__dict__["_comfy_detaching"] = name

@@ -108,6 +108,8 @@ device = mm.get_torch_device()
 transformer = model.transformer(device=device, log=lambda s: None)
 ours = bridge.comfy_patcher(model, "transformer", transformer, allocated_bytes(transformer), device)
 bridge.load_on_device(ours)
+bridge.load_on_device(ours)                       # asked again (the next prompt): ComfyUI re-attaches, keeps it
+result_again = {"kept_on_reload": model.is_loaded("transformer") and not transformer.proj.weight.is_meta}
 del transformer, ours                             # as in the server: only the model object holds it
 ours = model.__dict__["_comfy_patchers"]["transformer"]
 other = comfy.model_patcher.ModelPatcher(torch.nn.Linear(8, 8), load_device=device, offload_device=device)
@@ -115,7 +117,7 @@ mm.load_models_gpu([other])
 kept = bridge.loaded_records([ours])
 mm.free_memory(1e30, device, keep_loaded=kept)   # what make_room does: ours is kept, the other goes
 survivors = [r.model for r in mm.current_loaded_models]
-result = {"records": len(kept), "ours_kept": any(m is ours for m in survivors),
+result = {**result_again, "records": len(kept), "ours_kept": any(m is ours for m in survivors),
           "other_kept": any(m is other for m in survivors), "loaded_before_unload": model.is_loaded("transformer")}
 mm.load_models_gpu([other])                       # two models in the list: unload iterates over both
 del ours, survivors, kept
@@ -139,6 +141,6 @@ def test_real_comfyui_keeps_our_record_and_its_unload_releases_our_transformer(t
                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
     lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, run.stderr[-3000:]
-    assert json.loads(lines[-1][7:]) == {"records": 1, "ours_kept": True, "other_kept": False,
+    assert json.loads(lines[-1][7:]) == {"kept_on_reload": True, "records": 1, "ours_kept": True, "other_kept": False,
                                          "loaded_before_unload": True, "loaded_after_unload": False,
                                          "left_loaded": 0, "reloaded": 1}  # fmt: skip

@@ -108,6 +108,13 @@ def test_a_request_too_slow_to_cancel_is_refused_before_any_sampler_progress_and
     assert len(run_ok(server, graph(TINY, seed=3, prefix="after-refusal")).files()) == 1
 
 
+def test_a_width_off_the_16_grid_is_refused_by_the_sampler_before_anything_loads_naming_width(server):
+    result = server.run(graph(TINY, width=100, prefix="off-grid"), timeout=300)
+    assert result.status == "error" and result.error["node_type"] == "EasyAnimateVideoSampler"
+    assert "width 100 must be a multiple of 16 (e.g. 96 or 112)" in result.error["exception_message"]
+    assert [d for kind, d in result.events if kind == "progress" and d.get("node") == "3"] == []
+
+
 @pytest.mark.parametrize("name", sorted(DAMAGED))
 def test_a_damaged_component_file_is_named_by_the_loader_node(server, name):
     result = server.run(graph(name, prefix=name), timeout=300)

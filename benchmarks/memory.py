@@ -3,7 +3,10 @@
 
     .venv/bin/python benchmarks/memory.py [--params-billions 1.07] [--dir /tmp]
 
-Ends with `RESULT load_peak_rss_over_final_weights=<x>` (streaming load; target ≤ 1.15).
+Ends with `RESULT load_peak_rss_over_final_weights=<x>` (streaming load; target ≤ 1.15), then
+`RESULT offload_pin_peak_over_weights=<x>` (pinning for offload, with an injected pin function on the CPU; target
+≤ 1.05) and `RESULT settings_change_peak_over_one_copy=<x>` (a ≥100 M-parameter model loaded in bf16, then its
+precision changed to fp32: peak RSS over the fp32 copy; target ≤ 1.10). `--skip-load` runs only the last two.
 """
 
 from __future__ import annotations
@@ -82,11 +85,87 @@ def _child(folder: str, blocks: int, how: str) -> None:
     print(json.dumps({"peak": peak, "weights": allocated_bytes(model)}))
 
 
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_rss() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _pin_child(megabytes: int) -> None:
+    """Pin a module's weights for offload with a copying pin function (what pin_memory does on CUDA hosts)."""
+    import torch
+    from torch import nn
+
+    sys.path.insert(0, str(REPO_ROOT))
+    from models.offload import OffloadStats, Placement
+
+    layers = max(1, megabytes * 2**20 // (1024 * 1024 * 4))
+    with torch.device("meta"):
+        module = nn.Sequential(*[nn.Linear(1024, 1024, bias=False) for _ in range(layers)])
+    before = _rss()
+    module.to_empty(device="cpu")
+    for parameter in module.parameters():
+        parameter.data.fill_(0.5)  # touch every page
+    # the weights' real host footprint (allocator and thread-pool start-up included), measured like the peak
+    weights = max(_rss(), _peak_rss()) - before
+    Placement(module, "cpu", OffloadStats(), pin_memory=True, pin=lambda t: t.clone())
+    print(json.dumps({"peak": _peak_rss() - before, "weights": weights}))
+
+
+def _settings_child(folder: str) -> None:
+    """Load the transformer in bf16, then change precision to fp32 (the loader's settings change)."""
+    import torch
+
+    sys.path.insert(0, str(REPO_ROOT))
+    from models.components import open_model
+    from models.quant import allocated_bytes
+
+    first = open_model(folder, "bf16")
+    before = _rss()
+    first.transformer(device="cpu", log=lambda s: None)
+    changed = open_model(folder, "fp32")
+    transformer = changed.transformer(device="cpu", log=lambda s: None)
+    print(json.dumps({"peak": _peak_rss() - before, "weights": allocated_bytes(transformer),
+                      "first_released": not first.is_loaded("transformer")}))
+
+
+def _run_child(*args: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", *args], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def reliability_results(folder: str, pin_megabytes: int) -> None:
+    sys.path.insert(0, str(REPO_ROOT / "tests"))
+    from big_checkpoint import parameter_count, write_big_model
+
+    pinned = _run_child("pin", str(pin_megabytes))
+    print(f"pinning: peak RSS {pinned['peak'] / 2**20:.0f} MiB; the weights alone took {pinned['weights'] / 2**20:.0f} "
+          f"MiB of RSS ({pin_megabytes} MiB of tensors)")
+    print(f"RESULT offload_pin_peak_over_weights={pinned['peak'] / pinned['weights']:.3f}")
+    model = write_big_model(Path(folder))
+    changed = _run_child("settings", str(model))
+    print(f"settings change bf16 -> fp32 ({parameter_count(model) / 1e6:.0f} M parameters): peak RSS "
+          f"{changed['peak'] / 2**20:.0f} MiB, fp32 copy {changed['weights'] / 2**20:.0f} MiB, "
+          f"first copy released before the second loaded: {changed['first_released']}")
+    print(f"RESULT settings_change_peak_over_one_copy={changed['peak'] / changed['weights']:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params-billions", type=float, default=1.07)
     parser.add_argument("--dir", default=None)
+    parser.add_argument("--pin-megabytes", type=int, default=512)
+    parser.add_argument("--skip-load", action="store_true", help="only the pinning and settings-change figures")
     args = parser.parse_args()
+    if args.skip_load:
+        with tempfile.TemporaryDirectory(dir=args.dir) as folder:
+            reliability_results(folder, args.pin_megabytes)
+        return
     blocks = max(1, round(args.params_billions * 1e9 / (2 * WIDTH * (WIDTH + 1))))
     with tempfile.TemporaryDirectory(dir=args.dir) as folder:
         write_checkpoint(Path(folder), blocks)
@@ -103,10 +182,16 @@ def main() -> None:
     print("GPU: none on this machine; peak VRAM and s/step per mode were not measured.")
     ratio = results["streaming"]["peak"] / results["streaming"]["weights"]
     print(f"RESULT load_peak_rss_over_final_weights={ratio:.3f}")
+    with tempfile.TemporaryDirectory(dir=args.dir) as folder:
+        reliability_results(folder, args.pin_megabytes)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child" and sys.argv[2] == "pin":
+        _pin_child(int(sys.argv[3]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "--child" and sys.argv[2] == "settings":
+        _settings_child(sys.argv[3])
+    elif len(sys.argv) > 1 and sys.argv[1] == "--child":
         _child(sys.argv[2], int(sys.argv[3]), sys.argv[4])
     else:
         main()

@@ -3,12 +3,18 @@
 The loader node hands this object around; the text-encode, sampler and VAE nodes ask it for the part they need,
 so a workflow that only encodes prompts never reads the transformer, and two loader nodes naming the same model
 and settings share one copy (`open_model`). Pure Python/torch: no ComfyUI import.
+
+Ownership (docs/reliability.md, ownership): this module keeps only WEAK references. A components object lives as
+long as a node output (ComfyUI's cache) holds it; loading a component first releases the same component of every
+other live object for the same files (a settings change never holds two copies), and `release` is what ComfyUI's
+unload calls (nodes/bridge.py registers it).
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +40,9 @@ class ModelComponents:
     attention: str = "auto"  # auto | sdpa | sage | flash (models/attention.py)
     compile_blocks: bool = False  # torch.compile each transformer block (models/compile.py)
     _loaded: dict = field(default_factory=dict, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    # Called as hook(components, name) after a component is released (nodes/bridge.py drops its ComfyUI record).
+    on_release: list = field(default_factory=list, repr=False)
 
     @property
     def variant(self):
@@ -56,11 +64,33 @@ class ModelComponents:
             )
         return self.companion
 
+    def _source(self, name: str) -> Path | None:
+        """The files component `name` is read from (two objects with the same source would hold two copies)."""
+        if name == "transformer":
+            return self.path
+        try:
+            return self._folder_for(name)
+        except FileNotFoundError:
+            return None
+
     def _get(self, name: str, build):
         with self._lock:
             if name not in self._loaded:
+                release_other_copies(self, name)  # before the new copy is read: never two in RAM
                 self._loaded[name] = build()
             return self._loaded[name]
+
+    def is_loaded(self, name: str) -> bool:
+        return name in self._loaded
+
+    def get_ram_usage(self) -> int:
+        """Bytes of loaded weights (ComfyUI's RAM-pressure cache reads this to pick what to evict)."""
+        total = 0
+        for component in list(self._loaded.values()):
+            modules = [component] if isinstance(component, torch.nn.Module) else list(getattr(component, "models", {}).values())
+            for module in modules:
+                total += sum(t.numel() * t.element_size() for t in module.state_dict().values())
+        return total
 
     def transformer(self, device="cpu", progress=None, interrupt=None, size: tuple[int, int, int] | None = None,
                     free_vram: int | None = None, log=print):  # fmt: skip
@@ -122,6 +152,8 @@ class ModelComponents:
 
         plan = self.plan
         mode = "gpu" if plan is None else plan.mode
+        if torch.device(device).type == "cpu":  # offloading from RAM to RAM would only hold a second copy
+            mode = "gpu"
         resident = 0 if plan is None else plan.resident_blocks
         return transformer_placement(transformer, mode, device, resident, stats)
 
@@ -155,12 +187,25 @@ class ModelComponents:
         return json.loads(file.read_text()) if file.exists() else None
 
     def release(self, name: str | None = None) -> None:
-        """Drop one component (or all); the next request loads it again."""
+        """Drop one component (or all) and give its memory back; the next request loads it again."""
+        from .memory import release_host_memory
+
         with self._lock:
+            dropped = 0
             for key in [name] if name else list(self._loaded):
                 component = self._loaded.pop(key, None)
-                if key == "text_encoder" and component is not None:
+                if component is None:
+                    continue
+                dropped += 1
+                if key == "text_encoder":
                     component.release()
+                if key == "transformer":
+                    self.plan = None
+                del component
+                for hook in list(self.on_release):
+                    hook(self, key)
+        if dropped:
+            release_host_memory()
 
     def __repr__(self) -> str:
         d = self.detection
@@ -168,8 +213,22 @@ class ModelComponents:
         return f"EasyAnimate({self.path.name}: {d.version} {d.size} {d.kind}, {d.layout}, {self.dtype}{storage})"
 
 
-_open: dict[tuple, ModelComponents] = {}
-_open_lock = threading.Lock()
+# (path, settings) -> the live components object: weak, so ComfyUI's cache alone decides how long it lives.
+_live: "weakref.WeakValueDictionary[tuple, ModelComponents]" = weakref.WeakValueDictionary()
+_live_lock = threading.Lock()
+
+
+def live_components() -> list[ModelComponents]:
+    with _live_lock:
+        return list(_live.values())
+
+
+def release_other_copies(keep: ModelComponents, name: str) -> None:
+    """Release component `name` of every other live object reading the same files (different settings)."""
+    source = keep._source(name)
+    for other in live_components():
+        if other is not keep and other.is_loaded(name) and other._source(name) == source:
+            other.release(name)
 
 
 def open_model(path: str | Path, precision: str = "bf16", weight_storage: str | None = None,
@@ -198,14 +257,22 @@ def open_model(path: str | Path, precision: str = "bf16", weight_storage: str | 
         raise ValueError(f"attention must be one of {ATTENTION_CHOICES}, got {attention!r}")
     key = (str(path), precision, str(storage), memory_mode, int(resident_blocks), fp8_mode, path.stat().st_mtime_ns,
            attention, bool(compile_blocks))
-    with _open_lock:
-        if key not in _open:
-            detection = detect(path)
-            companion = _companion(detection, companion_candidates) if detection.layout == "single_file" else None
-            _open[key] = ModelComponents(path, detection, DTYPES[precision], storage, memory_mode,
-                                         int(resident_blocks), fp8_mode, companion=companion, attention=attention,
-                                         compile_blocks=bool(compile_blocks))  # fmt: skip
-        return _open[key]
+    with _live_lock:
+        components = _live.get(key)
+    if components is not None:
+        return components
+    from .preflight import check_component_files
+
+    detection = detect(path)
+    companion = _companion(detection, companion_candidates) if detection.layout == "single_file" else None
+    folder = companion if detection.layout == "single_file" else path
+    if folder is not None:
+        check_component_files(folder)  # truncated VAE / text encoder / tokenizer files: named now, not at sampling
+    components = ModelComponents(path, detection, DTYPES[precision], storage, memory_mode, int(resident_blocks),
+                                 fp8_mode, companion=companion, attention=attention,
+                                 compile_blocks=bool(compile_blocks))  # fmt: skip
+    with _live_lock:
+        return _live.setdefault(key, components)
 
 
 def _companion(detection: Detection, candidates) -> Path | None:

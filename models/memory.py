@@ -325,3 +325,19 @@ def oom_advice(mode: str, storage: str, width: int, height: int, frames: int, st
         steps.insert(0, "set the VAE Decode tile_size to 256 (or lower)")
     return (f"EasyAnimate ran out of GPU memory during {stage} at {width}x{height}x{frames} with memory_mode={mode}, "
             f"transformer {storage}. GPU memory has been freed. To fit: " + "; ".join(steps) + ".")
+
+
+def release_host_memory() -> None:
+    """Collect garbage and hand freed heap back to the OS: glibc keeps freed large blocks of a long-lived process in
+    its arenas (RSS creeps up run after run); malloc_trim(0) returns them. A no-op beyond gc elsewhere."""
+    import ctypes
+    import gc
+    import sys
+
+    gc.collect()
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -48,13 +49,20 @@ def _tensor_slots(module: nn.Module):
 class Placement:
     """One module's home tensors (offload device) and, while loaded, its device copies."""
 
-    def __init__(self, module: nn.Module, device: torch.device, stats: OffloadStats, pin_memory: bool = False):
+    def __init__(self, module: nn.Module, device: torch.device, stats: OffloadStats, pin_memory: bool = False,
+                 pin: Callable[[torch.Tensor], torch.Tensor] | None = None):  # fmt: skip
         self.module, self.device, self.stats = module, torch.device(device), stats
         self.slots = list(_tensor_slots(module))
-        self.home = [getattr(owner, attr) for owner, attr, _ in self.slots]
-        if pin_memory and self.device.type == "cuda":
-            self.home = [t if t.is_pinned() else t.pin_memory() for t in self.home]
-            self._point_at(self.home)
+        self.home = []
+        pinning = pin_memory and (self.device.type == "cuda" or pin is not None)
+        for slot in self.slots:
+            tensor = getattr(slot[0], slot[1])
+            if pinning and not tensor.is_pinned():
+                # Tensor by tensor, each original released as its pinned copy takes its place: the host holds the
+                # weights plus ONE tensor, never two copies of the model (docs/reliability.md, pinning).
+                tensor = (pin or torch.Tensor.pin_memory)(tensor.detach())
+                self._point_at([tensor], [slot])
+            self.home.append(tensor)
         self.loaded = False
         self.ready: torch.cuda.Event | None = None
 
@@ -62,8 +70,8 @@ class Placement:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.home)
 
-    def _point_at(self, tensors) -> None:
-        for (owner, attr, is_parameter), tensor in zip(self.slots, tensors):
+    def _point_at(self, tensors, slots=None) -> None:
+        for (owner, attr, is_parameter), tensor in zip(self.slots if slots is None else slots, tensors):
             if is_parameter:
                 owner._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
             else:

@@ -42,6 +42,13 @@ DEFAULT_SEED = 43
 DEFAULT_NEGATIVE_PROMPT = "扭曲的身体，肢体残缺，文本字幕，漫画，静止，丑陋，错误，乱码。"  # EA:predict_t2v.py:79
 DEFAULT_TEACACHE_THRESHOLD = 0.08
 
+# Request limits every node and tool enforces (docs/reliability.md, limits): sides a multiple of 16 (VAE 8x, patch 2),
+# frames 1 or 4k+1 (causal VAE 4x), at most 2048 px a side and 253 frames (64 latent frames, 1.3x the trained 49x4),
+# prompts at most 256 tokens per text stream (longer ones are cut and the node warns).
+MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 16, 2048, 16
+MIN_FRAMES, MAX_FRAMES, FRAME_STEP = 1, 253, 4
+MAX_PROMPT_TOKENS = 256
+
 # TeaCache rescale polynomials (highest power first), fitted on the V5.1 InP models (transformer.md §6). V5 has none.
 TEACACHE_COEFFICIENTS = {
     (V5_1, "7b"): (1.07862322, -4.19362456, 3.06725828, 0.33161686, 0.02374758),

@@ -8,6 +8,7 @@ here; `models/` never imports ComfyUI at all.
 from __future__ import annotations
 
 import os
+import weakref
 from pathlib import Path
 from typing import Callable
 
@@ -34,6 +35,12 @@ def comfy_available() -> bool:
 def comfy_root() -> Path | None:
     folder_paths = _folder_paths()
     return None if folder_paths is None else Path(folder_paths.base_path)
+
+
+def default_model_dir(folder_name: str) -> Path | None:
+    """The running ComfyUI's own folder for `folder_name` (models_dir follows --base-directory); None outside it."""
+    folder_paths = _folder_paths()
+    return None if folder_paths is None else Path(folder_paths.models_dir) / folder_name
 
 
 def register_model_folders() -> None:
@@ -143,19 +150,10 @@ def free_memory() -> None:
 
 
 def trim_host_heap() -> None:
-    """glibc keeps freed large blocks of a long-lived process in its arenas (RSS creeps up run after run);
-    malloc_trim(0) returns them. A no-op on other C libraries and systems."""
-    import ctypes
-    import gc
-    import sys
+    """Freed host heap back to the OS, so repeated runs do not grow the process's RSS."""
+    from ..models.memory import release_host_memory
 
-    gc.collect()
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    release_host_memory()
 
 
 # -- model management (reference/comfyui.md §2) --------------------------------------------------------------------
@@ -169,55 +167,123 @@ def _mm():
     return mm
 
 
-def free_vram(device) -> int | None:
-    """Free bytes on a CUDA device as ComfyUI counts them (its own cache included); None on the CPU."""
+def free_vram(device, wanted: int = 0) -> int | None:
+    """Free bytes on a CUDA device as ComfyUI counts them; None on the CPU. Newer ComfyUI (Dynamic VRAM) counts
+    evictable models as used, so when less than `wanted` shows as free, other models are evicted first and the
+    figure is taken again (docs/reliability.md, ComfyUI versions)."""
     if getattr(device, "type", "cpu") != "cuda":
         return None
     mm = _mm()
-    if mm is not None:
-        return int(mm.get_free_memory(device))
-    import torch
+    if mm is None:
+        import torch
 
-    return int(torch.cuda.mem_get_info(device)[0])
+        return int(torch.cuda.mem_get_info(device)[0])
+    free = int(mm.get_free_memory(device))
+    if wanted and free < wanted:
+        mm.free_memory(wanted, device)
+        free = int(mm.get_free_memory(device))
+    return free
+
+
+def _release_on_unload(holder, name: str):
+    """ON_DETACH callback: ComfyUI unloading our patcher releases the component (weak: the callback does not keep
+    the model alive). The weights go now (moved to the meta device); the patcher and its emptied module stay until
+    the next load replaces them, because freeing the module inside ComfyUI's unload loop fires its cleanup
+    finalizer while the loop still indexes current_loaded_models."""
+    owner = weakref.ref(holder)
+
+    def released(patcher, unpatch_all: bool = True, *args) -> None:
+        components = owner()
+        if components is None or not unpatch_all:  # unpatch_all=False: load_models_gpu re-loading it, not unloading
+            return
+        patcher.model.to("meta")
+        components.__dict__["_comfy_detaching"] = name
+        try:
+            components.release(name)
+        finally:
+            components.__dict__.pop("_comfy_detaching", None)
+
+    return released
+
+
+def _forget_patcher(components, name, *args) -> None:
+    """on_release hook: a component released by us (not by ComfyUI's unload) takes its patcher along."""
+    if components.__dict__.get("_comfy_detaching") != name:
+        components.__dict__.get("_comfy_patchers", {}).pop(name, None)
 
 
 def comfy_patcher(holder, name: str, module, size: int, device):
-    """A ModelPatcher around one of our modules so ComfyUI's model management can unload it (kept on `holder`, a
-    ModelComponents, so it lives exactly as long as the module); None outside ComfyUI."""
+    """A ModelPatcher so ComfyUI's model management owns one of our components (kept on `holder`, a
+    ModelComponents, so it lives exactly as long as the component); None outside ComfyUI.
+
+    `module` is the component when it sits on the device (gpu mode), or None when it rests in RAM (offload modes):
+    then a weightless stand-in is registered, so "unload models" still reaches it. Unloading RELEASES the component
+    instead of copying it to RAM (offload device = load device): a 12B copied to RAM is how machines go down."""
     try:
         import comfy.model_patcher
+        from comfy.patcher_extension import CallbacksMP
     except ImportError:
         return None
-    mm = _mm()
+    import torch
+
     holder = getattr(holder, "base_components", holder)  # a LoRA-stacked model shares its base's patcher
     patchers = holder.__dict__.setdefault("_comfy_patchers", {})
+    if _forget_patcher not in holder.on_release:
+        holder.on_release.append(_forget_patcher)
+    target = module if module is not None else torch.nn.Module()
     patcher = patchers.get(name)
-    if patcher is None or patcher.model is not module:
-        patcher = comfy.model_patcher.ModelPatcher(module, load_device=device, offload_device=mm.unet_offload_device(),
-                                                   size=size)  # fmt: skip
+    if patcher is None or patcher.model is not target and module is not None:
+        patcher = comfy.model_patcher.ModelPatcher(target, load_device=device, offload_device=device, size=size)
+        patcher.add_callback(CallbacksMP.ON_DETACH, _release_on_unload(holder, name))
         patchers[name] = patcher
     return patcher
 
 
-def load_on_device(patcher, extra_bytes: int = 0) -> None:
-    """Ask ComfyUI to make room (evicting other models) and register our module as loaded on its device."""
+def load_on_device(patcher, extra_bytes: int = 0, full: bool = True, log=print) -> None:
+    """Ask ComfyUI to make room (evicting other models) and register our module as loaded on its device. With `full`,
+    a partial ("lowvram") load is refused where ComfyUI supports force_full_load, and reported where it happens."""
     mm = _mm()
     if mm is None or patcher is None:
         return
-    mm.load_models_gpu([patcher], memory_required=extra_bytes)
+    import inspect
+
+    options = {"memory_required": extra_bytes}
+    if full and "force_full_load" in inspect.signature(mm.load_models_gpu).parameters:
+        options["force_full_load"] = True
+    mm.load_models_gpu([patcher], **options)
+    if full and patcher.loaded_size() < patcher.model_size():
+        log(f"EasyAnimate: ComfyUI loaded only {patcher.loaded_size() / 2**30:.1f} of "
+            f"{patcher.model_size() / 2**30:.1f} GB of the model onto {patcher.load_device}; the rest runs from RAM "
+            "(slow). Choose memory_mode model_cpu_offload or sequential for this size.")
+
+
+def loaded_records(patchers) -> list:
+    """ComfyUI's LoadedModel records of these patchers (what free_memory's keep_loaded compares against)."""
+    mm = _mm()
+    wanted = [p for p in patchers if p is not None]
+    if mm is None or not wanted:
+        return []
+    return [record for record in mm.current_loaded_models if any(record.model is p for p in wanted)]
 
 
 def make_room(bytes_needed: int, device, keep=()) -> None:
-    """Evict other models until `bytes_needed` are free on `device` (offload modes manage our weights themselves)."""
+    """Evict other models until `bytes_needed` are free on `device`, keeping the patchers in `keep` loaded."""
     mm = _mm()
     if mm is None or getattr(device, "type", "cpu") == "cpu":
         return
-    mm.free_memory(bytes_needed, device, keep_loaded=[p for p in keep if p is not None])
+    mm.free_memory(bytes_needed, device, keep_loaded=loaded_records(keep))
 
 
 def is_out_of_memory(error: BaseException) -> bool:
+    """True for an out-of-memory error in any form ComfyUI knows (its own is_oom from 0.17, which also covers
+    torch.AcceleratorError; OOM_EXCEPTION before)."""
     import torch
 
     mm = _mm()
+    if mm is not None and hasattr(mm, "is_oom"):
+        return bool(mm.is_oom(error))
     types = (torch.cuda.OutOfMemoryError,) + ((mm.OOM_EXCEPTION,) if mm is not None else ())
-    return isinstance(error, types)
+    if isinstance(error, types):
+        return True
+    accelerator_error = getattr(torch, "AcceleratorError", None)
+    return accelerator_error is not None and isinstance(error, accelerator_error) and "out of memory" in str(error)

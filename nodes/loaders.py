@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .bridge import DIFFUSION_MODELS_FOLDER, EASYANIMATE_FOLDER, model_dirs
 
-NO_MODELS = "(no models found: put model folders in ComfyUI/models/EasyAnimate/)"
+NO_MODELS = "(no models found"  # the dropdown entry starts so; it names the real folder (`no_models_entry`)
 SINGLE_FILE_PREFIX = "diffusion_models/"
 PRECISIONS = ["bf16", "fp16", "fp32"]
 WEIGHT_STORAGE = ["same as precision", "fp8_e4m3fn", "fp8_e5m2"]
@@ -21,14 +21,31 @@ def _looks_like_model(folder: Path) -> bool:
     return folder.is_dir() and any((folder / marker).exists() for marker in MODEL_MARKERS)
 
 
+# (path, mtime_ns, size) -> is an EasyAnimate transformer: INPUT_TYPES runs on every page load and refresh, and
+# diffusion_models may hold hundreds of large files; a header is read again only when its file changes.
+_transformer_file_answers: dict[tuple[str, int, int], bool] = {}
+
+
 def _looks_like_transformer_file(path: Path) -> bool:
     from ..models.checkpoint import read_safetensors_header
 
     try:
-        keys = read_safetensors_header(path)
-    except Exception:
+        stat = path.stat()
+    except OSError:
         return False
-    return all(key in keys for key in TRANSFORMER_HEADER_KEYS)
+    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    if key not in _transformer_file_answers:
+        try:
+            keys = read_safetensors_header(path)
+        except Exception:
+            keys = {}
+        _transformer_file_answers[key] = all(name in keys for name in TRANSFORMER_HEADER_KEYS)
+    return _transformer_file_answers[key]
+
+
+def no_models_entry() -> str:
+    """The dropdown entry shown when nothing is installed: it names the folder of the running ComfyUI."""
+    return f"{NO_MODELS}: put model folders in {_default_dir(EASYANIMATE_FOLDER)}/)"
 
 
 def list_models() -> list[str]:
@@ -46,7 +63,7 @@ def list_models() -> list[str]:
 
 def resolve_model(name: str) -> Path:
     """The path behind a dropdown entry; refuses names that try to leave the model folders."""
-    if name == NO_MODELS:
+    if name.startswith(NO_MODELS):
         raise FileNotFoundError(
             "No EasyAnimate model is installed. Download one (e.g. alibaba-pai/EasyAnimateV5.1-12b-zh-InP) into "
             f"{_default_dir(EASYANIMATE_FOLDER)}/<ModelName>/ and refresh the page."
@@ -69,10 +86,10 @@ def resolve_model(name: str) -> Path:
 
 
 def _default_dir(folder_key: str) -> str:
-    from .bridge import comfy_root
+    from .bridge import default_model_dir
 
-    root = comfy_root()
-    return str(root / "models" / folder_key) if root else f"ComfyUI/models/{folder_key}"
+    folder = default_model_dir(folder_key)
+    return str(folder) if folder is not None else f"ComfyUI/models/{folder_key}"
 
 
 class EasyAnimateModelLoader:
@@ -88,7 +105,7 @@ class EasyAnimateModelLoader:
 
     @classmethod
     def INPUT_TYPES(cls):
-        models = list_models() or [NO_MODELS]
+        models = list_models() or [no_models_entry()]
         return {
             "required": {
                 "model": (models, {"tooltip": "Folder in models/EasyAnimate (or transformer file in diffusion_models)."}),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..models.variants import DEFAULT_FRAMES, DEFAULT_HEIGHT, DEFAULT_WIDTH, MAX_FRAMES, MAX_SIDE, MIN_FRAMES, MIN_SIDE
 from .bridge import (
     Progress, check_interrupt, comfy_patcher, free_memory, free_vram, is_out_of_memory, load_on_device, make_room,
     torch_device,
@@ -45,9 +46,10 @@ class EasyAnimateVideoSampler:
             "required": {
                 "model": ("EASYANIMATE_MODEL",),
                 "embeddings": ("EASYANIMATE_EMBEDS",),
-                "width": ("INT", {"default": 672, "min": 16, "max": 2048, "step": 16}),
-                "height": ("INT", {"default": 384, "min": 16, "max": 2048, "step": 16}),
-                "frames": ("INT", {"default": 49, "min": 1, "max": 253, "step": 4, "tooltip": "1 or 4k+1; 49 trained"}),
+                "width": ("INT", {"default": DEFAULT_WIDTH, "min": MIN_SIDE, "max": MAX_SIDE, "step": 16}),
+                "height": ("INT", {"default": DEFAULT_HEIGHT, "min": MIN_SIDE, "max": MAX_SIDE, "step": 16}),
+                "frames": ("INT", {"default": DEFAULT_FRAMES, "min": MIN_FRAMES, "max": MAX_FRAMES, "step": 4,
+                                   "tooltip": f"1 or 4k+1 up to {MAX_FRAMES}; 49 trained"}),
                 "steps": ("INT", {"default": 50, "min": 1, "max": 200}),
                 "cfg": ("FLOAT", {"default": 6.0, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01}),
                 "seed": ("INT", {"default": 43, "min": 0, "max": SEED_MAX, "control_after_generate": True}),
@@ -82,19 +84,23 @@ class EasyAnimateVideoSampler:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, width, height, frames):
-        from ..models.pipeline import size_problems
+    def VALIDATE_INPUTS(cls, frames):
+        """frames only: ComfyUI reports this message once per input named here, and skips its own min/max for them
+        (width and height keep ComfyUI's bounds; their multiple-of-16 rule is checked first thing in `sample`)."""
+        from ..models.preflight import frames_problem
 
-        problems = size_problems(width, height, frames)
-        return True if not problems else "; ".join(problems)
+        return True if frames is None else (frames_problem(frames) or True)
 
     def sample(self, model, embeddings, width, height, frames, steps, cfg, seed, scheduler, teacache_threshold,
                teacache_skip_start, start_image=None, end_image=None, input_video=None, denoise_strength=1.0,
                control_video=None, reference_image=None, guidance_rescale=0.0, camera=None, mask=None,
                mask_composite=True, mask_feather=8, parallel=None):  # fmt: skip
-        from ..models import pipeline
+        from ..models import pipeline, preflight
         from ..models.schedulers import DEFAULT_SCHEDULER
 
+        problems = preflight.input_problems(width, height, frames)
+        if problems:
+            raise ValueError("; ".join(problems.values()))
         if parallel is not None:  # the transformer runs in worker processes (nodes/parallel.py)
             from ..models.parallel_workers import ParallelModel
 
@@ -134,17 +140,23 @@ class EasyAnimateVideoSampler:
             preview = _latent_preview(latest["latents"]) if progress.active and "latents" in latest else None
             progress.callback(done, total, preview)
 
+        # Priced before loading (and again before sampling): refused here within seconds, not minutes into a run.
+        price = preflight.check_request(model, device, width, height, frames, cfg > 1.0,
+                                        free_vram(device, preflight.gpu_peak(model, width, height, frames, cfg > 1.0)))
         try:
             transformer = model.transformer(device=device, interrupt=check_interrupt, size=(width, height, frames),
-                                            free_vram=free_vram(device))  # fmt: skip
+                                            free_vram=price.vram_available or None)  # fmt: skip
             plan = model.plan
             if model.offloading:
                 model.release("text_encoder")  # prompts are encoded; free its RAM/VRAM before sampling
-                make_room(max(plan.peak_vram, 0), device)
+                patcher = comfy_patcher(model, "transformer", None, 0, device)  # so "unload models" reaches it
+                load_on_device(patcher, full=False)
+                make_room(max(plan.peak_vram, 0), device, keep=[patcher])
             else:
                 from ..models.quant import allocated_bytes
 
                 load_on_device(comfy_patcher(model, "transformer", transformer, allocated_bytes(transformer), device))
+            preflight.check_request(model, device, width, height, frames, cfg > 1.0, free_vram(device))
             with model.placement(transformer, device):
                 latents = pipeline.generate(
                     transformer, model.vae(device=device), _text_streams(embeddings, cfg > 1.0), request,
@@ -166,7 +178,7 @@ class EasyAnimateVideoSampler:
                                           "?" if plan is None else plan.storage, width, height, frames)) from None
         finally:
             free_memory()
-        result = {"samples": latents, "version": variant.version, "fps": 8}
+        result = {"samples": latents, "version": variant.version, "model": model.path.name, "fps": 8}
         if mask is not None and mask_composite:
             from ..models.editing import composite_plan
 

@@ -30,7 +30,12 @@ class EasyAnimatePromptEncode:
         }
 
     def encode(self, model, prompt, negative_prompt):
+        from ..models.preflight import token_warnings
+
         encoder = model.text_encoder(device=torch_device())
+        warnings = token_warnings(encoder, {"prompt": prompt, "negative prompt": negative_prompt})
+        for line in warnings:
+            print(line)  # the server console
         progress = Progress(1)
         try:
             embeddings = encoder.encode(
@@ -38,7 +43,7 @@ class EasyAnimatePromptEncode:
             )
         finally:
             free_memory()
-        return (embeddings,)
+        return {"ui": {"text": warnings}, "result": (embeddings,)}
 
 
 NODE_CLASS_MAPPINGS = {"EasyAnimatePromptEncode": EasyAnimatePromptEncode}

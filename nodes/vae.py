@@ -57,6 +57,18 @@ def _run_vae(model, method: str, tensor, tile_size: int):
         free_memory()
 
 
+def check_latents_match(model, latents) -> None:
+    """Latents remember the model version that made them; another version's VAE would decode them to wrong colours
+    without any error, so it is refused."""
+    version = latents.get("version") if isinstance(latents, dict) else None
+    if version is not None and version != model.version:
+        source = latents.get("model") or f"an EasyAnimate {version} model"
+        raise ValueError(
+            f"these latents come from {source} ({version}), but this VAE Decode uses {model.path.name} "
+            f"({model.version}): their VAEs differ. Connect the model that sampled the latents to VAE Decode."
+        )
+
+
 class EasyAnimateVAEDecode:
     CATEGORY = "EasyAnimate"
     FUNCTION = "decode"
@@ -75,6 +87,7 @@ class EasyAnimateVAEDecode:
         }
 
     def decode(self, model, latents, tile_size=0):
+        check_latents_match(model, latents)
         video = _run_vae(model, "decode", latents["samples"], tile_size)
         images = video[0].permute(1, 2, 3, 0).float().cpu().contiguous()  # [3,T,H,W] → [T,H,W,3]
         if latents.get("composite"):  # issue-15: a mask edit pastes the kept pixels back
@@ -101,7 +114,7 @@ class EasyAnimateVAEEncode:
     def encode(self, model, images, tile_size=0):
         video = images[..., :3].permute(3, 0, 1, 2).unsqueeze(0).float() * 2.0 - 1.0  # [1,3,T,H,W] in [-1,1]
         samples = _run_vae(model, "encode", video, tile_size)
-        return ({"samples": samples.cpu(), "version": model.version, "fps": FPS},)
+        return ({"samples": samples.cpu(), "version": model.version, "model": model.path.name, "fps": FPS},)
 
 
 NODE_CLASS_MAPPINGS = {"EasyAnimateVAEDecode": EasyAnimateVAEDecode, "EasyAnimateVAEEncode": EasyAnimateVAEEncode}

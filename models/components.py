@@ -39,6 +39,8 @@ class ModelComponents:
     companion: Path | None = None  # single-file transformer: the model folder lending VAE, text encoder, scheduler
     attention: str = "auto"  # auto | sdpa | sage | flash (models/attention.py)
     compile_blocks: bool = False  # torch.compile each transformer block (models/compile.py)
+    # Run the offload machinery even on a CPU device (tests and benchmarks rehearse the GPU path; RAM holds both).
+    offload_on_cpu: bool = False
     _loaded: dict = field(default_factory=dict, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     # Called as hook(components, name) after a component is released (nodes/bridge.py drops its ComfyUI record).
@@ -152,8 +154,8 @@ class ModelComponents:
 
         plan = self.plan
         mode = "gpu" if plan is None else plan.mode
-        if torch.device(device).type == "cpu":  # offloading from RAM to RAM would only hold a second copy
-            mode = "gpu"
+        if torch.device(device).type == "cpu" and not self.offload_on_cpu:
+            mode = "gpu"  # offloading from RAM to RAM would only hold a second copy
         resident = 0 if plan is None else plan.resident_blocks
         return transformer_placement(transformer, mode, device, resident, stats)
 

@@ -229,6 +229,7 @@ def _components(tiny_root, memory_mode="gpu", storage=None, resident_blocks=0):
 
     components = open_model(tiny_root / GENERATE_MODEL, "fp32", storage, memory_mode, resident_blocks)
     components.release()  # a fresh load for this test (open_model shares objects per settings)
+    components.offload_on_cpu = memory_mode != "gpu"  # stream on the CPU as a GPU would
     return components
 
 

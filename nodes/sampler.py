@@ -93,6 +93,12 @@ class EasyAnimateVideoSampler:
             )
         if scheduler == "auto":
             scheduler = DEFAULT_SCHEDULER[variant.version]
+        from ..models.frames import fit_clip_length  # clips of any length (VHS): docs/compatibility.md, clip length
+
+        clips = {"input_video": input_video, "control_video": control_video}
+        frames, notes = fit_clip_length(frames, {k: len(v) for k, v in clips.items() if v is not None})
+        for note in notes:
+            print(f"[EasyAnimate Sampler] {note}")
 
         def frames_of(images, count=None):
             if images is None:

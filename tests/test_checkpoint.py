@@ -1,5 +1,5 @@
 """Specification of models/checkpoint.py (headers, detection, missing files, key renames, streaming loader) and of the
-tiny real-layout checkpoint set in tests/tiny_checkpoints.py.
+tiny real-layout checkpoint set in tools/tiny_checkpoints.py.
 
 Reference: transformer.md §1–2 (configs, key names, §2.3 renames), vae_and_text.md §1.6 and §3 (folder layouts).
 """

@@ -28,11 +28,12 @@ for _path in (REPO_ROOT / "tools",):
         sys.path.insert(0, str(_path))
 
 from comfyui_server import ComfyServer, write_model_paths_yaml  # noqa: E402
-from workflow_api import MODE_BYPASSED, MODE_MUTED, to_api, widget_slots  # noqa: E402
+from workflow_api import MODE_BYPASSED, MODE_MUTED, padded_widget_values, to_api, widget_inputs, widget_slots  # noqa: E402
 
 PACK_FOLDER_NAME = "ComfyUI-EasyAnimate-Nodes"
 LOADER = "EasyAnimateModelLoader"
 SAMPLER = "EasyAnimateVideoSampler"
+PREPROCESSOR = "EasyAnimateControlPreprocessor"
 FILE_LOADERS = {"LoadImage": "image", "LoadVideo": "file"}
 EXAMPLE_INPUTS = REPO_ROOT / "workflows" / "inputs"
 TINY_SIZE = {"width": 96, "height": 64, "frames": 5, "steps": 2}
@@ -61,15 +62,15 @@ def tiny_counterpart(name: str, available: list[str]) -> str | None:
 
 
 def set_widget(node: dict, object_info: dict, name: str, value) -> None:
-    slots = widget_slots(object_info[node["type"]])
+    info = object_info[node["type"]]
+    slots = widget_slots(info)
     index = [i for i, (slot_name, kind, _) in enumerate(slots) if slot_name == name and kind == "value"][0]
+    node["widgets_values"] = padded_widget_values(node, info)  # saved before a widget existed: pad like the frontend
     node["widgets_values"][index] = value
 
 
 def get_widget(node: dict, object_info: dict, name: str):
-    slots = widget_slots(object_info[node["type"]])
-    index = [i for i, (slot_name, kind, _) in enumerate(slots) if slot_name == name and kind == "value"][0]
-    return node["widgets_values"][index]
+    return widget_inputs(node, object_info[node["type"]])[name]
 
 
 def choose_models(workflow: dict, object_info: dict, model: str | None = None) -> tuple[dict, bool]:
@@ -103,6 +104,8 @@ def shrink(workflow: dict, object_info: dict, size: dict = TINY_SIZE) -> None:
         if node["type"] == SAMPLER:
             for name, value in size.items():
                 set_widget(node, object_info, name, value)
+        if node["type"] == PREPROCESSOR:  # preprocess only the frames the tiny video uses
+            set_widget(node, object_info, "max_frames", size["frames"])
 
 
 def example_inputs(workflow: dict, object_info: dict) -> list[Path]:

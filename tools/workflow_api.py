@@ -115,8 +115,8 @@ def value_fits(kind: str, spec: list | None, value) -> bool:
     return check is None or check(value)
 
 
-def widget_inputs(node: dict, info: dict) -> dict:
-    """{input name: value} from a UI node's widgets_values, padded like the frontend pads them.
+def padded_widget_values(node: dict, info: dict) -> list:
+    """A UI node's widgets_values (a list) padded like the frontend pads them, one per slot of widget_slots(info).
 
     A workflow saved before a node gained trailing OPTIONAL widgets lacks their slots: they take their defaults
     (ComfyUI 0.25's `CreateVideo.bit_depth` is one). Anything else raises WorkflowError: more values than slots, a
@@ -124,9 +124,7 @@ def widget_inputs(node: dict, info: dict) -> dict:
     every later value into its neighbour's slot).
     """
     slots = widget_slots(info)
-    values = node.get("widgets_values") or []
-    if isinstance(values, dict):  # nodes with a JS extension may save a dict (VHS); keys are the input names
-        return {name: values[name] for name, kind, _ in slots if kind == "value" and name in values}
+    values = list(node.get("widgets_values") or [])
     where = f"node {node['id']} ({node['type']})"
     layout = [name if kind == "value" else f"{name}:{kind}" for name, kind, _ in slots]
     optional = _optional_names(info)
@@ -142,7 +140,17 @@ def widget_inputs(node: dict, info: dict) -> dict:
                 f"{where}: saved value {value!r} does not fit widget {name!r} ({spec[0] if spec else kind}) of the "
                 f"installed node {layout}; an input was added or moved since the workflow was saved. Re-create it."
             )
-    return {name: value for (name, kind, _), value in zip(slots, [*values, *padding]) if kind == "value"}
+    return values + padding
+
+
+def widget_inputs(node: dict, info: dict) -> dict:
+    """{input name: value} from a UI node's widgets_values (padded; see padded_widget_values)."""
+    slots = widget_slots(info)
+    values = node.get("widgets_values") or []
+    if isinstance(values, dict):  # nodes with a JS extension may save a dict (VHS); keys are the input names
+        return {name: values[name] for name, kind, _ in slots if kind == "value" and name in values}
+    padded = padded_widget_values(node, info)
+    return {name: value for (name, kind, _), value in zip(slots, padded) if kind == "value"}
 
 
 def to_api(workflow: dict, object_info: dict) -> dict:

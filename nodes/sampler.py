@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from .bridge import (
     Progress, check_interrupt, comfy_patcher, free_memory, free_vram, is_out_of_memory, load_on_device, make_room,
     torch_device,
@@ -97,8 +99,8 @@ class EasyAnimateVideoSampler:
 
         clips = {"input_video": input_video, "control_video": control_video}
         frames, notes = fit_clip_length(frames, {k: len(v) for k, v in clips.items() if v is not None})
-        for note in notes:
-            print(f"[EasyAnimate Sampler] {note}")
+        for note in notes:  # logging, not print: ComfyUI's stdout wrapper holds prints back until its buffer fills
+            logging.getLogger("EasyAnimate").info(f"[EasyAnimate Sampler] {note}")
 
         def frames_of(images, count=None):
             if images is None:

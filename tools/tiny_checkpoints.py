@@ -1,7 +1,7 @@
 """Tiny random-weight EasyAnimate checkpoints in the RELEASED folder layouts (the runner's stand-ins, test fixtures).
 
 `ensure_tiny_checkpoints()` builds, once, a set of model folders named `tiny-<ReleasedName>`, laid out like the
-released repos (reference/vae_and_text.md §3.1–3.3):
+released repos (docs/checkpoints.md):
 
     model_index.json                      scheduler/scheduler_config.json (released settings)
     transformer/config.json               every released field, tiny widths/depths
@@ -96,7 +96,7 @@ def tiny_transformer_config(version: str, size: str, kind: str) -> dict:
     config = variant_for(version, size, kind).transformer_config()
     config.update(TINY_TRANSFORMER, **TINY_TEXT_DIMS[version], **TINY_LAYERS[size])
     if version == "v5":
-        del config["add_norm_text_encoder"]  # absent from the released V5 configs (vae_and_text.md §2.4)
+        del config["add_norm_text_encoder"]  # absent from the released V5 configs
     return config
 
 
@@ -109,7 +109,7 @@ def tiny_vae_config(version: str) -> dict:
 
 
 def _model_index(version: str, kind: str) -> dict:
-    if version == "v5":  # stale class names, exactly as released (vae_and_text.md §3.1)
+    if version == "v5":  # stale class names, exactly as released
         return {
             "_class_name": "EasyAnimatePipeline_Multi_Text_Encoder", "_diffusers_version": "0.30.1",
             "scheduler": ["diffusers", "DDPMScheduler"], "text_encoder": ["transformers", "BertModel"],

@@ -1,19 +1,19 @@
 """UI-format workflow (what the frontend saves) → API-format prompt (what POST /prompt takes), offline.
 
-ComfyUI 0.3.75 has no converter of its own; the frontend's `app.graphToPrompt()` is the reference
-(reference/comfyui.md §4.4). This is a small port of its rules for the graphs we ship, driven by `GET /object_info`:
+ComfyUI 0.3.75 has no converter of its own; the frontend's `app.graphToPrompt()` is the reference. This is a small
+port of its rules for the graphs we ship, driven by `GET /object_info`:
 
 - `widgets_values` is positional over the node's *widget* inputs in INPUT_TYPES order (required, then optional);
   socket-only inputs (IMAGE, MODEL, ...) take no slot. An INT named seed/noise_seed, or flagged
   control_after_generate, is followed by one extra "fixed|increment|decrement|randomize" slot; a combo flagged
-  image_upload/video_upload is followed by the upload button's slot (§4.1).
+  image_upload/video_upload is followed by the upload button's slot.
 - A linked input wins over its widget value; links into muted nodes vanish; a bypassed node passes its first input
   of the link's type through (or nothing).
 - Fewer saved values than slots: the missing TRAILING slots of optional inputs take their defaults, as the
   frontend does when it loads a workflow saved before a node gained inputs (ComfyUI 0.25 added `bit_depth` to
   `CreateVideo`). Extra values, a missing required input, or a value of the wrong type for its slot stay errors.
 - Frontend-only nodes (notes) are dropped; any other node type missing from /object_info is an error, never an
-  empty node (comfy-cli's converter silently emits those, §4.4).
+  empty node (comfy-cli's converter silently emits those).
 
 tests/test_browser.py checks that `to_api` gives exactly what the real frontend's graphToPrompt gives for every
 shipped workflow.

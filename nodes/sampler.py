@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from ..models.variants import DEFAULT_FRAMES, DEFAULT_HEIGHT, DEFAULT_WIDTH, MAX_FRAMES, MAX_SIDE, MIN_FRAMES, MIN_SIDE
 from .bridge import (
     Progress, check_interrupt, comfy_patcher, free_memory, free_vram, is_out_of_memory, load_on_device, make_room,
@@ -113,6 +115,12 @@ class EasyAnimateVideoSampler:
             )
         if scheduler == "auto":
             scheduler = DEFAULT_SCHEDULER[variant.version]
+        from ..models.frames import fit_clip_length  # clips of any length (VHS): docs/compatibility.md, clip length
+
+        clips = {"input_video": input_video, "control_video": control_video}
+        frames, notes = fit_clip_length(frames, {k: len(v) for k, v in clips.items() if v is not None})
+        for note in notes:  # logging, not print: ComfyUI's stdout wrapper holds prints back until its buffer fills
+            logging.getLogger("EasyAnimate").info(f"[EasyAnimate Sampler] {note}")
 
         def frames_of(images, count=None):
             if images is None:

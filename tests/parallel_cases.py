@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-for _path in (HERE.parent, HERE):
+for _path in (HERE.parent, HERE, HERE.parent / "tools"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 

@@ -1,5 +1,5 @@
 """Specification of models/checkpoint.py (headers, detection, missing files, key renames, streaming loader) and of the
-tiny real-layout checkpoint set in tests/tiny_checkpoints.py.
+tiny real-layout checkpoint set in tools/tiny_checkpoints.py.
 
 Reference: docs/checkpoints.md, transformer config / transformer keys (configs, key names, docs/checkpoints.md,
 transformer keys renames), docs/checkpoints.md, VAE keys / folder layouts (folder layouts).

@@ -148,3 +148,25 @@ def test_a_single_transformer_file_from_diffusion_models_runs_with_a_companion_f
     model = "diffusion_models/tiny-EasyAnimateV5.1-12b-zh-InP.safetensors"
     frames = read_video(comfy_server, run_ok(comfy_server, graph(model, prefix="single_file")))
     assert frames.shape == (FRAMES, HEIGHT, WIDTH, 3)
+
+
+def test_a_control_clip_of_7_frames_gives_a_5_frame_video_and_the_sampler_says_so(comfy_server, tmp_path):
+    source = upload_picture(comfy_server, tmp_path, "clip7.png", 5)
+    control_inputs = {
+        "images": ["8", 0], "method": "canny", "detect_resolution": 512, "canny_low_threshold": 100,
+        "canny_high_threshold": 200, "depth_background_threshold": 0.1, "pose_body": True, "pose_hands": False,
+        "pose_face": False, "mlsd_score_threshold": 0.1, "mlsd_distance_threshold": 0.1, "hed_safe": False,
+    }  # fmt: skip
+    prompt = graph(
+        "tiny-EasyAnimateV5.1-12b-zh-Control", prefix="clip7", frames=9, seed=7,
+        sampler_extra={"control_video": ["9", 0]},
+        extra_nodes={
+            "7": {"class_type": "LoadImage", "inputs": {"image": source}},
+            "8": {"class_type": "RepeatImageBatch", "inputs": {"image": ["7", 0], "amount": 7}},
+            "9": {"class_type": "EasyAnimateControlPreprocessor", "inputs": control_inputs},
+        },
+    )  # fmt: skip
+    frames = read_video(comfy_server, run_ok(comfy_server, prompt))
+    assert frames.shape == (5, HEIGHT, WIDTH, 3)
+    assert ("control_video has 7 frames: generating 5 frames (the largest 4k+1 that fits) from its first 5; "
+            "frames was 9") in comfy_server.log()

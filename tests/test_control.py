@@ -474,3 +474,15 @@ def test_node_reads_weights_from_the_annotators_model_folder(node_module, pack, 
     pack_control = importlib.import_module(f"{pack.__name__}.models.control")  # the pack's own copy of the module
     with pytest.raises(pack_control.MissingWeightsError, match=f"put it in {tmp_path}/"):
         node_module.EasyAnimateControlPreprocessor().execute(**_node_kwargs(images, "mlsd"))
+
+
+def test_node_max_frames_processes_and_counts_only_the_first_frames(node_module, monkeypatch):
+    images = as_image(make_video())
+    steps = []
+    monkeypatch.setattr(node_module, "Progress", lambda total: type("P", (), {
+        "callback": staticmethod(lambda done, total_now, preview=None: steps.append((done, total_now)))})())
+    (out,) = node_module.EasyAnimateControlPreprocessor().execute(**_node_kwargs(images, "canny"), max_frames=2)
+    assert torch.equal(out, preprocess(images[:2], "canny", low_threshold=100, high_threshold=200))
+    assert steps[-1] == (2, 2)
+    (everything,) = node_module.EasyAnimateControlPreprocessor().execute(**_node_kwargs(images, "canny"))
+    assert everything.shape[0] == images.shape[0]  # 0 (the default) keeps every frame

@@ -2,12 +2,13 @@
 
 V5.1 is checked against diffusers 0.42.1 `EasyAnimatePipeline.encode_prompt` (the test-time oracle), V5 against a
 direct transformers computation written here from docs/faithfulness.md, text encoders. Tiny folders come from
-tests/tiny_text.py.
+tools/tiny_text.py.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # tiny_text sits next to this file
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))  # tools/tiny_text.py
 
 import tiny_text  # noqa: E402
 from models import text  # noqa: E402
@@ -83,8 +84,19 @@ def diffusers_v51(v51_dir):
 # V5.1 (Qwen2-VL)
 
 
-def test_v51_sequential_pad_positions_match_diffusers_encode_prompt_exactly(v51_dir, diffusers_v51):
-    encoder = text.load_text_encoder(v51_dir, "v5.1", dtype=torch.float32, qwen_pad_positions="sequential")
+def transformers_major() -> int:
+    import transformers
+
+    return int(transformers.__version__.split(".")[0])
+
+
+# The oracle itself changed: diffusers' encode_prompt gives Qwen pads the transformers-4 positions on 4.x and
+# sequential positions on 5.x (see models/text.py, QWEN_PAD_POSITIONS).
+DIFFUSERS_PAD_POSITIONS = "reference" if transformers_major() < 5 else "sequential"
+
+
+def test_v51_matches_diffusers_encode_prompt_exactly_with_the_pad_rule_of_this_transformers(v51_dir, diffusers_v51):
+    encoder = text.load_text_encoder(v51_dir, "v5.1", dtype=torch.float32, qwen_pad_positions=DIFFUSERS_PAD_POSITIONS)
     embeddings = encoder.encode(PROMPTS, NEGATIVES)
     reference = diffusers_v51
     assert embeddings.positive[0].shape == (4, 256, 64)
@@ -136,7 +148,8 @@ def test_v51_reference_pad_positions_follow_the_transformers_4_rule(v51_dir, v51
             input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
             position_ids=positions.unsqueeze(0).expand(3, -1, -1), output_hidden_states=True).hidden_states[-2]
     assert max_abs(embeddings.positive[0] - expected) <= 1e-6 * max_abs(expected)
-    pad_delta = (embeddings.positive[0] - diffusers_v51["positive"])[~mask.bool()]
+    sequential = text.load_text_encoder(v51_dir, "v5.1", dtype=torch.float32, qwen_pad_positions="sequential")
+    pad_delta = (embeddings.positive[0] - sequential.encode(PROMPTS, NEGATIVES).positive[0])[~mask.bool()]
     assert max_abs(pad_delta) > 1e-2 * max_abs(expected)  # the two pad rules really differ
 
 
@@ -222,7 +235,9 @@ def v5_reference(v5_dir: Path, prompts: list[str]) -> tuple[torch.Tensor, torch.
             (BertTokenizer, BertModel, "tokenizer", "text_encoder", 77),
             (T5Tokenizer, T5EncoderModel, "tokenizer_2", "text_encoder_2", 256)):
         tokenizer = tokenizer_class.from_pretrained(str(v5_dir / tokenizer_dir))
-        model = model_class.from_pretrained(str(v5_dir / encoder_dir), dtype=torch.float32).eval()
+        # eager: what the original ran (transformers 4.x); transformers 5 would pick SDPA for T5
+        model = model_class.from_pretrained(str(v5_dir / encoder_dir), dtype=torch.float32,
+                                            attn_implementation="eager").eval()
         assert min(tokenizer.model_max_length, 256) == max_length
         tokens = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True,
                            return_tensors="pt")
@@ -417,3 +432,60 @@ def test_tiny_folders_have_the_released_layout_and_load_with_auto_classes(v5_dir
                                     add_generation_prompt=True)
     assert chat == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
                     "<|im_start|>assistant\n")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# V5's mT5 runs eager attention on every transformers version (transformers 5 would pick SDPA: 9e-6 relative away
+# on these tiny weights). The oracle is the T5 encoder written out here from its formula, not transformers' code.
+
+
+def t5_encoder_by_formula(encoder_dir: Path, input_ids: torch.Tensor) -> torch.Tensor:
+    """mT5 encoder: pre-RMSNorm blocks, unscaled attention + relative position bias (block 0's, shared), gated-GELU
+    (tanh) feed-forward, final RMSNorm; fp32 throughout."""
+    from safetensors.torch import load_file
+
+    config = json.loads((encoder_dir / "config.json").read_text())
+    weights = {}
+    for shard in sorted(encoder_dir.glob("*.safetensors")):
+        weights.update({k: v.float() for k, v in load_file(str(shard)).items()})
+    eps, heads, d_kv = config["layer_norm_epsilon"], config["num_heads"], config["d_kv"]
+
+    def rms_norm(x, weight):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+    length = input_ids.shape[1]
+    distance = torch.arange(length)[None, :] - torch.arange(length)[:, None]  # key position - query position
+    half = config["relative_attention_num_buckets"] // 2
+    exact = half // 2
+    far = exact + (torch.log(distance.abs().float().clamp(min=1) / exact)
+                   / math.log(config["relative_attention_max_distance"] / exact) * (half - exact)).long()
+    bucket = (distance > 0).long() * half + torch.where(distance.abs() < exact, distance.abs(), far.clamp(max=half - 1))
+    table = weights["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"]  # [buckets, heads]
+    bias = table[bucket].permute(2, 0, 1)  # [heads, query, key]
+
+    hidden = weights["shared.weight"][input_ids]
+    for block in range(config["num_layers"]):
+        prefix = f"encoder.block.{block}.layer."
+        x = rms_norm(hidden, weights[prefix + "0.layer_norm.weight"])
+        q, k, v = (torch.einsum("bld,ed->ble", x, weights[f"{prefix}0.SelfAttention.{n}.weight"])
+                   .unflatten(-1, (heads, d_kv)).transpose(1, 2) for n in "qkv")
+        attention = torch.softmax(q @ k.transpose(-1, -2) + bias, dim=-1)  # no 1/sqrt(d) in T5
+        mixed = (attention @ v).transpose(1, 2).flatten(2)
+        hidden = hidden + mixed @ weights[prefix + "0.SelfAttention.o.weight"].T
+        x = rms_norm(hidden, weights[prefix + "1.layer_norm.weight"])
+        gate = torch.nn.functional.gelu(x @ weights[prefix + "1.DenseReluDense.wi_0.weight"].T, approximate="tanh")
+        hidden = hidden + (gate * (x @ weights[prefix + "1.DenseReluDense.wi_1.weight"].T)) @ \
+            weights[prefix + "1.DenseReluDense.wo.weight"].T
+    return rms_norm(hidden, weights["encoder.final_layer_norm.weight"])
+
+
+def test_v5_mt5_stream_equals_the_t5_formula_with_eager_attention_on_this_transformers(v5_dir, v5_embeddings):
+    from transformers import T5Tokenizer
+
+    tokenizer = T5Tokenizer.from_pretrained(str(v5_dir / "tokenizer_2"))
+    ids = tokenizer(PROMPTS, padding="max_length", max_length=256, truncation=True, return_tensors="pt").input_ids
+    expected = t5_encoder_by_formula(v5_dir / "text_encoder_2", ids)
+    assert max_abs(v5_embeddings.positive[1] - expected) <= 1e-6 * max_abs(expected)
+    encoder = text.load_text_encoder(v5_dir, "v5", dtype=torch.float32)
+    encoder.load()
+    assert encoder.models["t5"].config._attn_implementation == "eager"

@@ -1,4 +1,6 @@
-"""The shipped workflows (workflows/*.json) against the LIVE server: the contract (every node type exists, every
+"""The shipped workflows (workflows/*.json) against the LIVE server (ComfyUI 0.3.75) and against ComfyUI 0.27.0's
+recorded core nodes (tests/data/, see tools/object_info_schema.py; the pack's own nodes come from the live server, they
+are the same code on both): the contract (every node type exists, every
 node's widgets_values fit its current INPUT_TYPES in count, order and type, every link joins matching types), the
 templates listing, and execution of each one converted to API format with the tiny checkpoint substituted.
 
@@ -17,7 +19,8 @@ import pytest
 
 from models.variants import VARIANTS
 from run_workflow import LOADER, TINY_SIZE, run_on
-from workflow_api import CONTROL_VALUES, FRONTEND_ONLY_TYPES, combo_options, missing_node_types, widget_slots
+from workflow_api import (CONTROL_VALUES, FRONTEND_ONLY_TYPES, WorkflowError, combo_options, missing_node_types,
+                          to_api, widget_inputs, widget_slots)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
@@ -27,6 +30,7 @@ SHIPPED = {"text_to_video", "image_to_video", "control_to_video", "camera_to_vid
 # Combos whose choices depend on the machine (installed models, files in the input folder): only the type is checked.
 MACHINE_DEPENDENT_COMBOS = {(LOADER, "model"), ("LoadImage", "image"), ("LoadVideo", "file")}
 IDS = [p.stem for p in WORKFLOWS]
+RECORDED_SCHEMAS = {"0.27.0": REPO_ROOT / "tests" / "data" / "object_info_comfyui_0.27.0.json"}
 
 
 def load(path: Path) -> dict:
@@ -34,8 +38,20 @@ def load(path: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def object_info(comfy_server):
+def live_object_info(comfy_server):
     return comfy_server.object_info()
+
+
+def recorded_object_info(version: str, live: dict) -> dict:
+    """ComfyUI `version`'s core nodes as recorded, plus this pack's nodes from the live server."""
+    core = json.loads(RECORDED_SCHEMAS[version].read_text())["nodes"]
+    pack = {name: info for name, info in live.items() if name.startswith("EasyAnimate")}
+    return {**core, **pack}
+
+
+@pytest.fixture(scope="module", params=["0.3.75", *RECORDED_SCHEMAS])
+def object_info(request, live_object_info):
+    return live_object_info if request.param == "0.3.75" else recorded_object_info(request.param, live_object_info)
 
 
 def server_nodes(workflow: dict):
@@ -46,9 +62,10 @@ def widget_problems(node: dict, info: dict) -> list[str]:
     """Why `node`'s widgets_values do not fit the live INPUT_TYPES (empty when they do)."""
     slots, values = widget_slots(info), node.get("widgets_values") or []
     where = f"node {node['id']} {node['type']}"
-    layout = [name if kind == "value" else f"{name}:{kind}" for name, kind, _ in slots]
-    if len(values) != len(slots):
-        return [f"{where}: {len(values)} widget values {values} for {len(slots)} widgets {layout}"]
+    try:
+        widget_inputs(node, info)  # count: trailing optional widgets may be missing (padded with their defaults)
+    except WorkflowError as error:
+        return [f"{where}: {error}"]
     problems = []
     for (name, kind, spec), value in zip(slots, values):
         if kind == "control":
@@ -122,6 +139,18 @@ def test_each_workflow_has_a_note_naming_its_model_and_folder(path, object_info)
     model = loader["widgets_values"][0]
     notes = [n["widgets_values"][0] for n in workflow["nodes"] if n["type"] in FRONTEND_ONLY_TYPES]
     assert any(model in note and f"ComfyUI/models/EasyAnimate/{model}/" in note for note in notes), notes
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=IDS)
+def test_conversion_for_0_27_equals_0_3_75_plus_the_default_bit_depth(path, live_object_info):
+    workflow = load(path)
+    on_0_3_75 = to_api(workflow, live_object_info)
+    on_0_27 = to_api(workflow, recorded_object_info("0.27.0", live_object_info))
+    for node_id, entry in on_0_3_75.items():
+        if entry["class_type"] == "CreateVideo":
+            assert "bit_depth" not in entry["inputs"]
+            entry["inputs"]["bit_depth"] = 8  # added in ComfyUI 0.25, padded with its default like the frontend does
+    assert on_0_27 == on_0_3_75
 
 
 def test_defaults_suit_the_real_models_on_a_24_gb_card():

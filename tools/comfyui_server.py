@@ -228,9 +228,9 @@ class ComfyServer:
         Returns the outcome (success / error / interrupted) with outputs from /history; rejection at validation
         raises PromptRejected. `on_event(type, data)` sees every JSON message for this prompt (e.g. to interrupt).
         """
-        import websocket  # websocket-client, a test/tool dependency
+        from ws_client import WebSocket  # standard library only: the runner needs nothing beyond requirements.txt
 
-        ws = websocket.create_connection(f"ws://127.0.0.1:{self.port}/ws?clientId={self.client_id}", timeout=timeout)
+        ws = WebSocket.connect("127.0.0.1", self.port, f"/ws?clientId={self.client_id}", timeout=timeout)
         try:
             prompt_id = self.queue(prompt)
             result = PromptResult(prompt_id=prompt_id, status="running")
@@ -256,7 +256,7 @@ class ComfyServer:
                 elif kind == "execution_success":
                     result.status = "success"
                 elif kind == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
-                    break  # the end marker of this prompt (reference/comfyui.md §5.5)
+                    break  # ComfyUI's end marker for this prompt
         finally:
             ws.close()
         history = self.get(f"/history/{prompt_id}").get(prompt_id, {})

@@ -8,7 +8,7 @@ available), converts the workflow to API format (tools/workflow_api.py), uploads
 (workflows/inputs/), follows the run over the websocket with a progress line per node, and prints every output file.
 
 When the workflow's model is not installed (and --model names none), it substitutes the built-in tiny checkpoint of
-the same kind (tests/tiny_checkpoints.py) and shrinks the video to TINY_SIZE so it runs in seconds on a CPU: the
+the same kind (tools/tiny_checkpoints.py) and shrinks the video to TINY_SIZE so it runs in seconds on a CPU: the
 pipeline is real, the weights are random, so the video is noise.
 """
 
@@ -23,16 +23,17 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-for _path in (REPO_ROOT / "tools", REPO_ROOT / "tests"):
+for _path in (REPO_ROOT / "tools",):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
 from comfyui_server import ComfyServer, write_model_paths_yaml  # noqa: E402
-from workflow_api import MODE_BYPASSED, MODE_MUTED, to_api, widget_slots  # noqa: E402
+from workflow_api import MODE_BYPASSED, MODE_MUTED, padded_widget_values, to_api, widget_inputs, widget_slots  # noqa: E402
 
 PACK_FOLDER_NAME = "ComfyUI-EasyAnimate-Nodes"
 LOADER = "EasyAnimateModelLoader"
 SAMPLER = "EasyAnimateVideoSampler"
+PREPROCESSOR = "EasyAnimateControlPreprocessor"
 FILE_LOADERS = {"LoadImage": "image", "LoadVideo": "file"}
 EXAMPLE_INPUTS = REPO_ROOT / "workflows" / "inputs"
 TINY_SIZE = {"width": 96, "height": 64, "frames": 5, "steps": 2}
@@ -61,15 +62,15 @@ def tiny_counterpart(name: str, available: list[str]) -> str | None:
 
 
 def set_widget(node: dict, object_info: dict, name: str, value) -> None:
-    slots = widget_slots(object_info[node["type"]])
+    info = object_info[node["type"]]
+    slots = widget_slots(info)
     index = [i for i, (slot_name, kind, _) in enumerate(slots) if slot_name == name and kind == "value"][0]
+    node["widgets_values"] = padded_widget_values(node, info)  # saved before a widget existed: pad like the frontend
     node["widgets_values"][index] = value
 
 
 def get_widget(node: dict, object_info: dict, name: str):
-    slots = widget_slots(object_info[node["type"]])
-    index = [i for i, (slot_name, kind, _) in enumerate(slots) if slot_name == name and kind == "value"][0]
-    return node["widgets_values"][index]
+    return widget_inputs(node, object_info[node["type"]])[name]
 
 
 def choose_models(workflow: dict, object_info: dict, model: str | None = None) -> tuple[dict, bool]:
@@ -103,13 +104,16 @@ def shrink(workflow: dict, object_info: dict, size: dict = TINY_SIZE) -> None:
         if node["type"] == SAMPLER:
             for name, value in size.items():
                 set_widget(node, object_info, name, value)
+        if node["type"] == PREPROCESSOR:  # preprocess only the frames the tiny video uses
+            set_widget(node, object_info, "max_frames", size["frames"])
 
 
 def example_inputs(workflow: dict, object_info: dict) -> list[Path]:
-    """Files under workflows/inputs/ that the active LoadImage/LoadVideo nodes name."""
+    """Files under workflows/inputs/ that the LoadImage/LoadVideo nodes name (bypassed ones too: a user who opens the
+    workflow in the frontend and enables the end image finds its file in ComfyUI's input folder)."""
     files = []
     for node in workflow["nodes"]:
-        if node["type"] in FILE_LOADERS and _active(node):
+        if node["type"] in FILE_LOADERS and node.get("mode", 0) != MODE_MUTED:
             path = EXAMPLE_INPUTS / str(get_widget(node, object_info, FILE_LOADERS[node["type"]]))
             if path.is_file() and path not in files:
                 files.append(path)
@@ -127,8 +131,11 @@ def _cuda_available() -> bool:
 
 
 def tiny_model_paths() -> dict[str, list[Path]]:
-    from tiny_checkpoints import ensure_tiny_checkpoints
+    from tiny_checkpoints import ensure_tiny_checkpoints, tiny_set_path
 
+    if not (tiny_set_path() / ".complete").is_file():
+        print(f"[run_workflow] writing the built-in tiny checkpoints (random weights, about 15 MB, once) into "
+              f"{tiny_set_path().parent}", flush=True)
     return {"EasyAnimate": [ensure_tiny_checkpoints()]}
 
 
@@ -186,6 +193,8 @@ def run_on(server: ComfyServer, workflow: dict, model: str | None = None, timeou
     workflow, tiny = choose_models(workflow, object_info, model)
     for path in example_inputs(workflow, object_info):
         server.upload_image(path)  # /upload/image stores any file in the input folder under its own name
+        if not quiet:
+            print(f"[run_workflow] example input {path.name} copied into ComfyUI's input folder")
     prompt = to_api(workflow, object_info)
     result = server.run(prompt, timeout=timeout, on_event=None if quiet else ProgressPrinter(prompt))
     return result, tiny, prompt

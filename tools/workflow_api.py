@@ -1,16 +1,19 @@
 """UI-format workflow (what the frontend saves) → API-format prompt (what POST /prompt takes), offline.
 
-ComfyUI 0.3.75 has no converter of its own; the frontend's `app.graphToPrompt()` is the reference
-(reference/comfyui.md §4.4). This is a small port of its rules for the graphs we ship, driven by `GET /object_info`:
+ComfyUI 0.3.75 has no converter of its own; the frontend's `app.graphToPrompt()` is the reference. This is a small
+port of its rules for the graphs we ship, driven by `GET /object_info`:
 
 - `widgets_values` is positional over the node's *widget* inputs in INPUT_TYPES order (required, then optional);
   socket-only inputs (IMAGE, MODEL, ...) take no slot. An INT named seed/noise_seed, or flagged
   control_after_generate, is followed by one extra "fixed|increment|decrement|randomize" slot; a combo flagged
-  image_upload/video_upload is followed by the upload button's slot (§4.1).
+  image_upload/video_upload is followed by the upload button's slot.
 - A linked input wins over its widget value; links into muted nodes vanish; a bypassed node passes its first input
   of the link's type through (or nothing).
+- Fewer saved values than slots: the missing TRAILING slots of optional inputs take their defaults, as the
+  frontend does when it loads a workflow saved before a node gained inputs (ComfyUI 0.25 added `bit_depth` to
+  `CreateVideo`). Extra values, a missing required input, or a value of the wrong type for its slot stay errors.
 - Frontend-only nodes (notes) are dropped; any other node type missing from /object_info is an error, never an
-  empty node (comfy-cli's converter silently emits those, §4.4).
+  empty node (comfy-cli's converter silently emits those).
 
 tests/test_browser.py checks that `to_api` gives exactly what the real frontend's graphToPrompt gives for every
 shipped workflow.
@@ -23,10 +26,11 @@ FRONTEND_ONLY_TYPES = {"Note", "MarkdownNote"}  # drawn by the frontend, never s
 SEED_NAMES = {"seed", "noise_seed"}
 CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
 MODE_MUTED, MODE_BYPASSED = 2, 4
+NO_DEFAULT = object()  # a missing slot the frontend would not fill
 
 
 class WorkflowError(ValueError):
-    """The workflow does not fit the server's nodes (missing type, wrong widget count, unknown link)."""
+    """The workflow does not fit the server's nodes (missing type, widget values that do not fit, unknown link)."""
 
 
 def _ordered_inputs(info: dict) -> list[tuple[str, list]]:
@@ -77,19 +81,76 @@ def missing_node_types(workflow: dict, object_info: dict) -> list[str]:
     return sorted(types - set(object_info) - FRONTEND_ONLY_TYPES)
 
 
+def _optional_names(info: dict) -> set[str]:
+    return set((info.get("input") or {}).get("optional") or {})
+
+
+def _default_of(name: str, kind: str, spec: list | None, optional: set[str]):
+    """What the frontend puts in a slot the saved workflow lacks; NO_DEFAULT where it would not pad it."""
+    if name not in optional:
+        return NO_DEFAULT
+    if kind == "control":
+        return "fixed"
+    if kind == "upload":
+        return "image"
+    options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    if "default" in options:
+        return options["default"]
+    choices = combo_options(spec)
+    return choices[0] if choices else NO_DEFAULT
+
+
+def value_fits(kind: str, spec: list | None, value) -> bool:
+    """Whether `value` has the type of its slot (a saved value shifted into a neighbour's slot usually has not)."""
+    if kind == "control":
+        return value in CONTROL_VALUES
+    if kind == "upload" or combo_options(spec) is not None:
+        return isinstance(value, (str, int, float)) and not isinstance(value, bool)
+    check = {
+        "INT": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "FLOAT": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        "STRING": lambda v: isinstance(v, str),
+        "BOOLEAN": lambda v: isinstance(v, bool),
+    }.get(spec[0])
+    return check is None or check(value)
+
+
+def padded_widget_values(node: dict, info: dict) -> list:
+    """A UI node's widgets_values (a list) padded like the frontend pads them, one per slot of widget_slots(info).
+
+    A workflow saved before a node gained trailing OPTIONAL widgets lacks their slots: they take their defaults
+    (ComfyUI 0.25's `CreateVideo.bit_depth` is one). Anything else raises WorkflowError: more values than slots, a
+    missing required widget, or a value whose type does not fit its slot (an input inserted in the middle shifts
+    every later value into its neighbour's slot).
+    """
+    slots = widget_slots(info)
+    values = list(node.get("widgets_values") or [])
+    where = f"node {node['id']} ({node['type']})"
+    layout = [name if kind == "value" else f"{name}:{kind}" for name, kind, _ in slots]
+    optional = _optional_names(info)
+    padding = [_default_of(name, kind, spec, optional) for name, kind, spec in slots[len(values):]]
+    if len(values) > len(slots) or NO_DEFAULT in padding:
+        raise WorkflowError(
+            f"{where} has {len(values)} widget values {values!r}, but the installed node expects {len(slots)}: "
+            f"{layout}. The node's inputs changed since the workflow was saved; re-create it."
+        )
+    for (name, kind, spec), value in zip(slots, values):
+        if not value_fits(kind, spec, value):
+            raise WorkflowError(
+                f"{where}: saved value {value!r} does not fit widget {name!r} ({spec[0] if spec else kind}) of the "
+                f"installed node {layout}; an input was added or moved since the workflow was saved. Re-create it."
+            )
+    return values + padding
+
+
 def widget_inputs(node: dict, info: dict) -> dict:
-    """{input name: value} from a UI node's widgets_values; raises WorkflowError when the count does not fit."""
+    """{input name: value} from a UI node's widgets_values (padded; see padded_widget_values)."""
     slots = widget_slots(info)
     values = node.get("widgets_values") or []
     if isinstance(values, dict):  # nodes with a JS extension may save a dict (VHS); keys are the input names
         return {name: values[name] for name, kind, _ in slots if kind == "value" and name in values}
-    if len(values) != len(slots):
-        layout = [name if kind == "value" else f"{name}:{kind}" for name, kind, _ in slots]
-        raise WorkflowError(
-            f"node {node['id']} ({node['type']}) has {len(values)} widget values {values!r}, but the installed node "
-            f"expects {len(slots)}: {layout}. The node's inputs changed since the workflow was saved; re-create it."
-        )
-    return {name: value for (name, kind, _), value in zip(slots, values) if kind == "value"}
+    padded = padded_widget_values(node, info)
+    return {name: value for (name, kind, _), value in zip(slots, padded) if kind == "value"}
 
 
 def to_api(workflow: dict, object_info: dict) -> dict:

@@ -1,19 +1,23 @@
-"""Tiny random-weight EasyAnimate checkpoints in the RELEASED folder layouts (test fixtures).
+"""Tiny random-weight EasyAnimate checkpoints in the RELEASED folder layouts (the runner's stand-ins, test fixtures).
 
 `ensure_tiny_checkpoints()` builds, once, a set of model folders named `tiny-<ReleasedName>`, laid out like the
-released repos (reference/vae_and_text.md §3.1–3.3):
+released repos (docs/checkpoints.md):
 
     model_index.json                      scheduler/scheduler_config.json (released settings)
     transformer/config.json               every released field, tiny widths/depths
     transformer/diffusion_pytorch_model.safetensors   bf16, original key names (attn2.*) or diffusers (-diffusers)
     vae/config.json, vae/diffusion_pytorch_model.safetensors   fp32; V5 with the mid-block attention, V5.1 without
-    text_encoder/, tokenizer/ (+ text_encoder_2/, tokenizer_2/ for V5)   written by tests/tiny_text.py
+    text_encoder/, tokenizer/ (+ text_encoder_2/, tokenizer_2/ for V5)   written by tools/tiny_text.py
 
 for V5 (T2V, InP, Control) and V5.1 (T2V, InP, Control, Control-Camera), each "12b"-like (all blocks MMDiT) and
 "7b"-like (trailing non-MMDiT blocks), plus `-diffusers` copies of every V5.1 folder and two single transformer files.
-Dimensions are the project's shared tiny sizes. Key sets come from an independent writer (diffusers'
-EasyAnimateTransformer3DModel / AutoencoderKLMagvit built on the meta device, renamed to original keys); values are
-seeded random, with every norm scale, bias and output projection non-trivial so a parity test can fail.
+Dimensions are the project's shared tiny sizes. Key sets and shapes come from the pack's own transformer and VAE
+built on the meta device (no weights allocated); tests/test_tiny_checkpoints.py checks them against diffusers'
+EasyAnimateTransformer3DModel / AutoencoderKLMagvit, an independent writer. Only requirements.txt is needed
+(transformers writes the text encoders), so the headless runner works on an end-user install. Values are seeded
+random, with every norm scale, bias and output projection non-trivial so a parity test can fail.
+
+    python tools/tiny_checkpoints.py        # builds the set once (cached per generator version), prints its folder
 
 Identical files (the VAE and text encoders of one version, an original/diffusers pair's tensors) are HARD-LINKED
 inside the set to keep it small: copy a model (shutil.copytree) before modifying any file in it.
@@ -23,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import inspect
 import json
 import math
 import os
@@ -37,7 +40,7 @@ from pathlib import Path
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-for _path in (REPO_ROOT, REPO_ROOT / "tests"):  # usable outside pytest too (tools, benchmarks)
+for _path in (REPO_ROOT, REPO_ROOT / "tools"):  # usable outside pytest too (tools, benchmarks)
     if str(_path) not in sys.path:
         sys.path.append(str(_path))
 SEED = 20250306
@@ -93,7 +96,7 @@ def tiny_transformer_config(version: str, size: str, kind: str) -> dict:
     config = variant_for(version, size, kind).transformer_config()
     config.update(TINY_TRANSFORMER, **TINY_TEXT_DIMS[version], **TINY_LAYERS[size])
     if version == "v5":
-        del config["add_norm_text_encoder"]  # absent from the released V5 configs (vae_and_text.md §2.4)
+        del config["add_norm_text_encoder"]  # absent from the released V5 configs
     return config
 
 
@@ -106,7 +109,7 @@ def tiny_vae_config(version: str) -> dict:
 
 
 def _model_index(version: str, kind: str) -> dict:
-    if version == "v5":  # stale class names, exactly as released (vae_and_text.md §3.1)
+    if version == "v5":  # stale class names, exactly as released
         return {
             "_class_name": "EasyAnimatePipeline_Multi_Text_Encoder", "_diffusers_version": "0.30.1",
             "scheduler": ["diffusers", "DDPMScheduler"], "text_encoder": ["transformers", "BertModel"],
@@ -145,35 +148,22 @@ def _random_tensor(key: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
 
 def transformer_tensors(version: str, size: str, kind: str, seed: int) -> dict[str, torch.Tensor]:
     """bf16 transformer weights with ORIGINAL key names."""
-    from diffusers import EasyAnimateTransformer3DModel
+    from models.transformer import EasyAnimateTransformer, TransformerParams
 
-    from models.checkpoint import diffusers_to_original_key
-
-    config = tiny_transformer_config(version, size, kind)
-    accepted = inspect.signature(EasyAnimateTransformer3DModel.__init__).parameters
-    kwargs = {k: v for k, v in config.items() if k in accepted}
-    kwargs["add_norm_text_encoder"] = version == "v5.1"
-    with torch.device("meta"):
-        model = EasyAnimateTransformer3DModel(**kwargs)
-    shapes = {diffusers_to_original_key(k): tuple(v.shape) for k, v in model.state_dict().items()}
+    config = dict(tiny_transformer_config(version, size, kind), add_norm_text_encoder=version == "v5.1")
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        model = EasyAnimateTransformer(TransformerParams.from_config(config))
+    shapes = {key: tuple(value.shape) for key, value in model.state_dict().items()}
     return {k: _random_tensor(k, shapes[k], seed).to(torch.bfloat16).contiguous() for k in sorted(shapes)}
 
 
 def vae_tensors(version: str, seed: int) -> dict[str, torch.Tensor]:
-    """fp32 VAE weights; V5 adds the two mid-block spatial attentions (vae_and_text.md Appendix A)."""
-    from diffusers import AutoencoderKLMagvit
+    """fp32 VAE weights; V5 has the two mid-block spatial attentions, V5.1 not (released configs)."""
+    from models.vae import VAE, VAEConfig
 
     with torch.device("meta"):
-        model = AutoencoderKLMagvit(**{k: v for k, v in TINY_VAE.items() if k != "ch"})
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if version == "v5":
-        width = TINY_VAE["block_out_channels"][-1]
-        for part in ("encoder", "decoder"):
-            prefix = f"{part}.mid_block.attentions.0."
-            shapes[prefix + "group_norm.weight"] = shapes[prefix + "group_norm.bias"] = (width,)
-            for proj in ("to_q", "to_k", "to_v", "to_out"):  # to_out is a plain Linear: no ".0"
-                shapes[f"{prefix}{proj}.weight"] = (width, width)
-                shapes[f"{prefix}{proj}.bias"] = (width,)
+        model = VAE(VAEConfig.from_dict(tiny_vae_config(version)))
+    shapes = {key: tuple(value.shape) for key, value in model.state_dict().items()}
     return {k: _random_tensor(k, shapes[k], seed).contiguous() for k in sorted(shapes)}
 
 
@@ -264,19 +254,31 @@ def build_tiny_checkpoints(dest: Path, *, with_text: bool = True) -> Path:
     return dest
 
 
-def _stamp() -> str:
-    """Changes whenever a generator (this file, tiny_text.py, the registry) or the key-set writer changes."""
-    import diffusers
+def _generator_sources() -> list[Path]:
+    """Every file whose change changes the set: these writers, the registry, and the modules that give the shapes."""
+    models = REPO_ROOT / "models"
+    sources = [Path(__file__), Path(__file__).with_name("tiny_text.py"), models / "variants.py",
+               models / "checkpoint.py", models / "transformer.py", models / "vae.py"]
+    return sources + sorted((models / "vae").rglob("*.py"))  # models/vae may become a package
 
-    digest = hashlib.sha256(f"{SEED}/diffusers {diffusers.__version__}".encode())
-    for source in (Path(__file__), Path(__file__).with_name("tiny_text.py"), REPO_ROOT / "models" / "variants.py",
-                   REPO_ROOT / "models" / "checkpoint.py"):
+
+def _stamp() -> str:
+    """Changes whenever a generator source or the transformers release (it lays out the text encoders) changes."""
+    import transformers
+
+    digest = hashlib.sha256(f"{SEED}/transformers {transformers.__version__}".encode())
+    for source in _generator_sources():
         digest.update(source.read_bytes() if source.is_file() else b"-")
     return digest.hexdigest()[:12]
 
 
 def _default_root() -> Path:
     return Path(os.environ.get("EASYANIMATE_TINY_DIR") or REPO_ROOT / ".cache" / "tiny_checkpoints")
+
+
+def tiny_set_path(root: str | Path | None = None) -> Path:
+    """Where this generator version's set lives (it may not be built yet: see ensure_tiny_checkpoints)."""
+    return (Path(root) if root is not None else _default_root()) / f"set-{_stamp()}"
 
 
 def ensure_tiny_checkpoints(root: str | Path | None = None) -> Path:
@@ -326,3 +328,7 @@ def tiny_model_dir(name: str) -> Path:
     if key not in TINY_MODELS:
         raise KeyError(f"no tiny model {name!r}; available: {', '.join(TINY_MODELS)}")
     return ensure_tiny_checkpoints() / key
+
+
+if __name__ == "__main__":
+    print(ensure_tiny_checkpoints())

@@ -1,7 +1,7 @@
 """Tiny, real, loadable text components in the released EasyAnimate folder layouts (test fixtures).
 
 `write_v5_text(model_dir, seed)` writes what a V5 repo holds for its two text encoders and
-`write_v51_text(model_dir, seed)` what a V5.1 repo holds for Qwen2-VL (reference/vae_and_text.md §3.1, §3.2):
+`write_v51_text(model_dir, seed)` what a V5.1 repo holds for Qwen2-VL (docs/checkpoints.md):
 
     V5                                           V5.1
     tokenizer/       vocab.txt (WordPiece) ...   tokenizer/     vocab.json, merges.txt, tokenizer.json,
@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 BERT_HIDDEN = 32
 BERT_LAYERS = 2
 BERT_HEADS = 2
-BERT_MAX_LENGTH = 77  # HunyuanDiT's Bert tokenizer declares model_max_length 77 (vae_and_text.md §2.2)
+BERT_MAX_LENGTH = 77  # HunyuanDiT's Bert tokenizer declares model_max_length 77
 T5_D_MODEL = 48
 T5_LAYERS = 2
 T5_HEADS = 2
@@ -104,7 +104,7 @@ _ZH_PLACES = ["海滩上", "安静的街道", "山上", "绿色的田野", "河�
               "蓝天下", "空房间里", "花园里", "热闹的市场"]
 _ZH_STYLES = ["电影感灯光", "慢动作", "高质量", "柔和的色彩", "戏剧性的云", "日落", "特写镜头", "广角", "写实",
               "动漫风格", "平滑的镜头运动"]
-# EasyAnimate's default negative prompts (vae_and_text.md §2.3) so their characters are in every vocabulary.
+# EasyAnimate's default negative prompts so their characters are in every vocabulary.
 _NEGATIVE_PROMPTS = [
     "扭曲的身体，肢体残缺，文本字幕，漫画，静止，丑陋，错误，乱码。",
     "模糊，突变，变形，失真，画面暗，文本字幕，画面固定，连环画，漫画，线稿，没有主体。",

@@ -6,7 +6,7 @@
   transformer `.safetensors`, from tensor names and shapes; config.json values are checked against the weights.
 * `load_state_streaming` fills a module built on the meta device one tensor at a time, converting straight to the
   storage dtype, and reports every missing / unexpected / wrongly shaped key in one error (the reference loader
-  silently skips mismatches, reference/transformer.md §8.18).
+  silently skips mismatches, docs/faithfulness.md, numerical pitfalls).
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ def weight_files(folder: str | Path, *, describe: str = "weights") -> list[Path]
                             what="weights folder")
 
 
-# --- original <-> diffusers transformer key names (reference/transformer.md §2.3) -------------------------------------
+# --- original <-> diffusers transformer key names (docs/checkpoints.md, transformer keys) -----------------------------
 
 _ORIGINAL_TO_DIFFUSERS = {
     "to_q": "add_q_proj",
@@ -357,7 +357,8 @@ def infer_transformer(shapes: Mapping[str, tuple[int, ...]], source: str | Path 
     }
     return InferredTransformer(
         version=version,
-        size="12b" if len(mmdit) == num_layers else "7b",  # 7B: trailing non-MMDiT blocks (transformer.md §1.3)
+        # 7B: trailing non-MMDiT blocks (docs/checkpoints.md, transformer config)
+        size="12b" if len(mmdit) == num_layers else "7b",
         kind=kind,
         key_format="diffusers" if diffusers else "original",
         key_prefix=prefix,

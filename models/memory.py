@@ -1,6 +1,6 @@
 """Memory model and planner: bytes of weights per component, activations per (resolution, frames), and the fastest
-memory mode that fits a VRAM budget (the loader's `memory_mode="auto"`; reference/transformer.md §7,
-users_and_control.md A.1 pains 1, 2, 7).
+memory mode that fits a VRAM budget (the loader's `memory_mode="auto"`; docs/memory.md, memory modes,
+docs/memory.md, memory modes).
 
 Weight bytes come from the safetensors headers of a model on disk (exact: they equal the bytes the loaders
 allocate, for every storage dtype and fp8 mode) or from a model built on the meta device (full-size variants without

@@ -1,8 +1,8 @@
 """Where weights live while a component runs: all resident, whole-component offload, or transformer block swap.
 
-Applied from outside the architecture (reference/transformer.md §7; comfyui.md §2.4): a module's tensors have a
-"home" copy on the offload device (pinned host memory when the target is a CUDA GPU); running on the target device
-means pointing the parameters at a device copy, and offloading means pointing them back at home — weights never
+Applied from outside the architecture (docs/memory.md, memory modes; docs/memory.md, ComfyUI models): a module's tensors
+have a "home" copy on the offload device (pinned host memory when the target is a CUDA GPU); running on the target
+device means pointing the parameters at a device copy, and offloading means pointing them back at home — weights never
 change, so nothing is copied back. `OffloadStats` counts every move so tests on a CPU-only machine (where the two
 placements are two CPU copies) can check the mechanism really ran.
 

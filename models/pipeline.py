@@ -1,4 +1,5 @@
-"""Conditioning assembly and the denoising loop (reference/transformer.md §4-§5), shared by the sampler node and tests.
+"""Conditioning assembly and the denoising loop (docs/faithfulness.md, conditioning / schedulers), shared by the sampler
+node and tests.
 
 Plain functions over our transformer, VAE and samplers; no ComfyUI import. Videos and images enter as tensors in
 [0, 1] already at the sampling size (the node resizes); masks are 1 where the model generates and 0 where a pixel is
@@ -21,10 +22,11 @@ from .teacache import TeaCache, coefficients_for
 LATENT_CHANNELS = 16
 SPATIAL_RATIO = 8  # VAE
 TEMPORAL_RATIO = 4  # VAE
-SIZE_MULTIPLE = 16  # VAE 8x and patch 2 (transformer.md §4.3)
-VAE_SCALING_FACTOR = 0.7125  # latents = posterior mode × 0.7125; the mask channel is scaled the same (§4.1.3)
-NOISE_AUG_STRENGTH = 0.0563  # fixed σ of the inference-time masked-video noise (transformer.md §4.1.3)
-CAMERA_SCALE = 6.0  # Plücker channels are multiplied by 6, not VAE-encoded (§4.2)
+SIZE_MULTIPLE = 16  # VAE 8x and patch 2 (docs/faithfulness.md, conditioning)
+# latents = posterior mode × 0.7125; the mask channel is scaled the same (docs/faithfulness.md, conditioning)
+VAE_SCALING_FACTOR = 0.7125
+NOISE_AUG_STRENGTH = 0.0563  # fixed σ of the inference-time masked-video noise (docs/faithfulness.md, conditioning)
+CAMERA_SCALE = 6.0  # Plücker channels are multiplied by 6, not VAE-encoded (docs/faithfulness.md, conditioning)
 
 Progress = Callable[[int, int], None]
 Interrupt = Callable[[], None]
@@ -57,11 +59,12 @@ def latent_shape(width: int, height: int, frames: int, batch: int = 1) -> tuple[
     return (batch, LATENT_CHANNELS, (frames - 1) // TEMPORAL_RATIO + 1, height // SPATIAL_RATIO, width // SPATIAL_RATIO)
 
 
-# -- conditioning (transformer.md §4) ---------------------------------------------------------------------------------
+# -- conditioning (docs/faithfulness.md, conditioning) ----------------------------------------------------------------
 
 
 def resize_mask(mask: torch.Tensor, latent_frames: int, latent_h: int, latent_w: int) -> torch.Tensor:
-    """[B, C, T, H, W] → [B, C, F, h, w]: frame 0 resized alone, frames 1.. to F-1 frames, trilinear (§4.1.3).
+    """[B, C, T, H, W] → [B, C, F, h, w]: frame 0 resized alone, frames 1.. to F-1 frames, trilinear
+    (docs/faithfulness.md, conditioning).
 
     A single source frame (a one-pose camera path) also stands for the rest, where the original fails."""
     first = F.interpolate(mask[:, :, :1], size=(1, latent_h, latent_w), mode="trilinear", align_corners=False)
@@ -80,7 +83,8 @@ def image_to_video(
     """Start/end images [N, 3, H, W] in [0,1] → (video [1, 3, T, H, W], mask [1, 1, T, H, W], 1 = generate).
 
     Start frames fill the first N frames (the first one tiled over the clip), end frames the last ones; no start
-    image means no conditioning video (pure text-to-video), as `get_image_to_video_latent` does (§4.1)."""
+    image means no conditioning video (pure text-to-video), as `get_image_to_video_latent` does (docs/faithfulness.md,
+    conditioning)."""
     if start is None:
         return None, None
     video = start[:1].unsqueeze(2).repeat(1, 1, frames, 1, 1)
@@ -104,7 +108,8 @@ def inpaint_latents(
     add_noise: bool,
     noise_aug_strength: float = NOISE_AUG_STRENGTH,
 ) -> torch.Tensor:
-    """[1 | 16] inpaint channels: (1 − mask)·0.7125 resized, and the VAE latent of the known pixels (§4.1).
+    """[1 | 16] inpaint channels: (1 − mask)·0.7125 resized, and the VAE latent of the known pixels
+    (docs/faithfulness.md, conditioning).
 
     `vae_encode` maps [B,3,T,H,W] in [-1,1] to scaled latents. Without a video or with nothing known the channels are
     zeros and the VAE is not called (T2V with an InP model). Noise augmentation draws from `generator`, so the
@@ -129,8 +134,8 @@ def control_latents(
     shape: tuple[int, ...],
     camera: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Control channels (§4.2): VAE latent of the control video in [-1,1] (16 ch), or Plücker rays [1,6,T,H,W]
-    resized like the mask and ×6 (6 ch, Control-Camera); zeros when absent."""
+    """Control channels (docs/faithfulness.md, conditioning): VAE latent of the control video in [-1,1] (16 ch), or
+    Plücker rays [1,6,T,H,W] resized like the mask and ×6 (6 ch, Control-Camera); zeros when absent."""
     batch, _, latent_frames, latent_h, latent_w = shape
     if camera is not None:
         return resize_mask(camera, latent_frames, latent_h, latent_w) * CAMERA_SCALE
@@ -142,7 +147,8 @@ def control_latents(
 def reference_latents(
     vae_encode: Callable[[torch.Tensor], torch.Tensor], reference: torch.Tensor | None, shape: tuple[int, ...]
 ) -> torch.Tensor:
-    """V5.1 control reference image [1,3,H,W] in [0,1] → its latent at latent frame 0 of a zero tensor (§4.2).
+    """V5.1 control reference image [1,3,H,W] in [0,1] → its latent at latent frame 0 of a zero tensor
+    (docs/faithfulness.md, conditioning).
 
     As in the reference, a one-latent-frame video keeps the zeros."""
     batch, _, latent_frames, latent_h, latent_w = shape
@@ -152,11 +158,11 @@ def reference_latents(
     return out
 
 
-# -- denoising (transformer.md §5) ------------------------------------------------------------------------------------
+# -- denoising (docs/faithfulness.md, schedulers) ---------------------------------------------------------------------
 
 
 def guidance(uncond: torch.Tensor, cond: torch.Tensor, scale: float, rescale: float = 0.0) -> torch.Tensor:
-    """CFG u + g·(c − u), with the optional guidance rescale φ (§5.3)."""
+    """CFG u + g·(c − u), with the optional guidance rescale φ (docs/faithfulness.md, guidance)."""
     pred = uncond + scale * (cond - uncond)
     if rescale > 0.0:
         dims = list(range(1, cond.ndim))
@@ -345,7 +351,8 @@ def generate(
     latents = sampler.initial_latents(noise, x0).to(device=device, dtype=dtype)
     teacache = None
     coefficients = coefficients_for(variant.version, variant.size)
-    if teacache_threshold > 0.0 and coefficients is not None:  # V5 has no published coefficients (§6)
+    # V5 has no published coefficients (docs/faithfulness.md, TeaCache)
+    if teacache_threshold > 0.0 and coefficients is not None:
         teacache = TeaCache(coefficients, teacache_threshold, sampler.num_model_calls, skip_start=teacache_skip_start)
     latents = denoise(
         transformer, sampler, text_streams, latents, conditioning, request.guidance_scale,

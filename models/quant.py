@@ -1,4 +1,4 @@
-"""qfloat8: transformer weights stored in fp8, computed in bf16/fp32 (reference/transformer.md §7).
+"""qfloat8: transformer weights stored in fp8, computed in bf16/fp32 (docs/faithfulness.md, qfloat8).
 
 Everything here is injected from outside the architecture: which tensors are stored in fp8 is a `keep_dtype` rule
 handed to the streaming loader, and per-tensor scaled fp8 is a different `Linear` class in the `ops` namespace. The
@@ -6,7 +6,7 @@ transformer code never mentions fp8.
 
 Modes (the loader's `fp8_mode` widget):
 - "reference exact": every floating tensor is a plain cast to fp8, like the official plugin (norms, biases, the time
-  embedding, `proj`, `proj_out` included; §7). Output = the reference qfloat8 output.
+  embedding, `proj`, `proj_out` included; docs/faithfulness.md, qfloat8). Output = the reference qfloat8 output.
 - "quality": the precision-sensitive layers stay in the compute dtype — norms, embeddings (time, text projections),
   adaLN modulation, patch embed (`proj`), output projection (`proj_out`) and biases; the big block matmul weights
   (attention q/k/v/out, feed-forward) are fp8. About 1 % more bytes than reference exact at full size.

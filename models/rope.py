@@ -1,4 +1,4 @@
-"""3D rotary position embedding of EasyAnimate's video tokens (reference/transformer.md §3.8).
+"""3D rotary position embedding of EasyAnimate's video tokens (docs/faithfulness.md, RoPE grid).
 
 Spatial positions are rescaled into the 30x45 grid of the 480x720 training resolution (a centred crop region), so
 every resolution sees positions in the same range; temporal positions are plain frame indices. Tables are fp32.

@@ -1,6 +1,6 @@
 """TeaCache: reuse the transformer blocks' last output change on steps where the input barely moved.
 
-Follows reference/transformer.md §6 (arXiv:2411.19108). On every transformer call the indicator is the modulated
+Follows docs/faithfulness.md, TeaCache (arXiv:2411.19108). On every transformer call the indicator is the modulated
 video tokens of block 0 (`transformer_blocks[0].norm1(x, c, temb)[0]`, joint CFG batch). Its relative L1 change
 since the previous call, mapped through a per-model polynomial, is accumulated; while the sum stays below the
 threshold the blocks are skipped and the cached residual (output of norm_out minus the patch-embedded tokens) is
@@ -121,7 +121,8 @@ class TeaCache:
         return compute
 
     def store(self, residual: torch.Tensor) -> None:
-        """After a computed call: output tokens (after norm_out) minus the patch-embedded input tokens (§6)."""
+        """After a computed call: output tokens (after norm_out) minus the patch-embedded input tokens
+        (docs/faithfulness.md, TeaCache)."""
         self._residual = self._keep(residual)
 
     def apply(self, hidden_states: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Prompt encoding for EasyAnimate V5 (Bert + mT5) and V5.1 (Qwen2-VL), through transformers.
 
-What each version hands the transformer (reference/vae_and_text.md §2.2, §2.3; reference/transformer.md §3.4):
+What each version hands the transformer (docs/faithfulness.md, text encoders; docs/faithfulness.md, text streams):
 
     V5    two streams, Bert first. Each prompt is tokenized to a fixed length (Bert: min(model_max_length, 256) = 77,
           mT5: 256) with special tokens, and both encoders run WITHOUT an attention mask, so pads attend and are
@@ -37,10 +37,10 @@ from safetensors import safe_open
 from . import ops
 from .variants import V5, V5_1
 
-MAX_SEQUENCE_LENGTH = 256  # both versions: vae_and_text.md §2.2 step 2, §2.3 "max length"
+MAX_SEQUENCE_LENGTH = 256  # both versions: docs/faithfulness.md, text encoders
 
 # RoPE position ids of Qwen pad tokens. "reference": cumsum(mask) - 1 with pads set to 1, the text-only rule of
-# transformers 4.x (checked in 4.57.1, vae_and_text.md §2.3 "positions"), the major version EasyAnimate V5.1 was
+# transformers 4.x (checked in 4.57.1, docs/faithfulness.md, text encoders), the major version EasyAnimate V5.1 was
 # trained and released with. "sequential": 0..255 for every token, what transformers 5.x (and so diffusers running
 # on it) does for text-only input, because its Qwen2-VL no longer derives text positions from the mask.
 # Real tokens get identical embeddings either way (causal attention never looks at a later pad); pad rows differ.
@@ -68,7 +68,7 @@ class PromptEmbeddings:
     `positive[i]` / `negative[i]` hold stream i's hidden states [B, L_i, D_i]; streams are ("bert", "t5") for V5
     (Bert first, the transformer's concatenation order) and ("qwen",) for V5.1. `positive_mask[i]` /
     `negative_mask[i]` are the tokenizer masks [B, L_i] (1 = real token); the transformer does not use them
-    (reference/vae_and_text.md §0.9), they record lengths. `cache_key` identifies encoder, settings and texts.
+    (docs/faithfulness.md, text streams), they record lengths. `cache_key` identifies encoder, settings and texts.
     """
 
     version: str
@@ -102,7 +102,7 @@ class PromptEmbeddings:
         return self.streams.index(stream)
 
     def guidance_batch(self, stream: int | str = 0) -> torch.Tensor:
-        """[negative; positive] on the batch axis: the reference CFG order (vae_and_text.md §2.2 step 6)."""
+        """[negative; positive] on the batch axis: the reference CFG order (docs/faithfulness.md, text encoders)."""
         index = self.stream_index(stream)
         return torch.cat([self.negative[index], self.positive[index]], dim=0)
 
@@ -194,7 +194,8 @@ def normalize_version(version: str) -> str:
 
 
 def detect_text_version(model_dir: str | Path) -> str:
-    """V5 ships tokenizer_2/ + text_encoder_2/ (mT5); V5.1 a Qwen2-VL text_encoder/ (vae_and_text.md §3.1, §3.2)."""
+    """V5 ships tokenizer_2/ + text_encoder_2/ (mT5); V5.1 a Qwen2-VL text_encoder/ (docs/checkpoints.md, folder
+    layouts)."""
     model_dir = Path(model_dir)
     if (model_dir / "text_encoder_2").is_dir() or (model_dir / "tokenizer_2").is_dir():
         return V5
@@ -424,7 +425,8 @@ def _load_tokenizer(files: _StreamFiles):
         raise TextEncoderFilesError(f"could not load the {files.stream} tokenizer from {files.tokenizer_dir}: "
                                     f"{error}") from error
     if files.stream == "qwen":
-        tokenizer.padding_side = "right"  # reference: right padding, right truncation (vae_and_text.md §2.3)
+        # reference: right padding, right truncation (docs/faithfulness.md, text encoders)
+        tokenizer.padding_side = "right"
         tokenizer.truncation_side = "right"
         if tokenizer.chat_template is None:
             template_file = files.tokenizer_dir / "chat_template.json"
@@ -513,7 +515,8 @@ class TextEncoder:
                                position_ids=qwen_position_ids(mask_on_device, self.qwen_pad_positions),
                                use_cache=False)
             else:
-                output = model(input_ids=input_ids)  # no attention mask: V5 reference (vae_and_text.md §2.2 step 4)
+                # no attention mask: V5 reference (docs/faithfulness.md, text encoders)
+                output = model(input_ids=input_ids)
             hidden_states.append(output.last_hidden_state.to(device="cpu", dtype=self.dtype))
             masks.append(mask.to("cpu"))
         return tuple(hidden_states), tuple(masks)

@@ -1,7 +1,8 @@
 """EasyAnimate V5 / V5.1 MMDiT video transformer (`EasyAnimateTransformer3DModel`), weight-compatible with the
-released checkpoints: module names equal the original state-dict keys (reference/transformer.md §2), so loading is a
-plain state-dict assignment. Forward semantics follow the original EasyAnimate code (§3), not the diffusers port
-(§9): the 7B's trailing non-MMDiT blocks apply the shared out-projection to the text tokens too.
+released checkpoints: module names equal the original state-dict keys (docs/checkpoints.md, transformer keys), so
+loading is a plain state-dict assignment. Forward semantics follow the original EasyAnimate code (docs/faithfulness.md,
+MMDiT blocks), not the diffusers port (docs/faithfulness.md, summary of differences): the 7B's trailing non-MMDiT blocks
+apply the shared out-projection to the text tokens too.
 
 Layers come from an injected `ops` namespace (models/ops.py); this file never decides storage dtype or device.
 """
@@ -24,7 +25,8 @@ from .rope import apply_rope, video_rope
 
 @dataclass(frozen=True)
 class TransformerParams:
-    """The released `transformer/config.json` fields that shape the network (reference/transformer.md §1)."""
+    """The released `transformer/config.json` fields that shape the network (docs/checkpoints.md, transformer
+    config)."""
 
     in_channels: int
     num_layers: int
@@ -48,7 +50,7 @@ class TransformerParams:
     @classmethod
     def from_config(cls, config: dict) -> "TransformerParams":
         """Build from a config.json dict; keys must be present for the first six fields (no class defaults: the
-        loader fills absent keys from the variant registry, reference/transformer.md §1.3)."""
+        loader fills absent keys from the variant registry, docs/checkpoints.md, transformer config)."""
         required = [f.name for f in fields(cls)][:6]
         missing = [k for k in required if k not in config]
         if missing:
@@ -71,7 +73,7 @@ class TransformerParams:
 
 
 class RMSNorm(nn.Module):
-    """V5.1 text-feature RMSNorm: normalise in fp32, cast back, then scale (reference/transformer.md §3.4)."""
+    """V5.1 text-feature RMSNorm: normalise in fp32, cast back, then scale (docs/faithfulness.md, text streams)."""
 
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
@@ -94,7 +96,7 @@ class TimestepEmbedding(nn.Module):
 
 
 def timestep_sinusoid(timestep: torch.Tensor, width: int, flip_sin_to_cos: bool, shift: float) -> torch.Tensor:
-    """[B, width] fp32 sinusoid, [cos | sin] when flipped (reference/transformer.md §3.2)."""
+    """[B, width] fp32 sinusoid, [cos | sin] when flipped (docs/faithfulness.md, timestep embedding)."""
     half = width // 2
     exponent = -math.log(10000) * torch.arange(half, dtype=torch.float32, device=timestep.device) / (half - shift)
     angles = timestep.float()[:, None] * torch.exp(exponent)[None]
@@ -113,7 +115,8 @@ class AdaNormZero(nn.Module):
     def forward(self, x: torch.Tensor, text: torch.Tensor, emb: torch.Tensor):
         """emb = SiLU(temb). Returns (modulated x, modulated text, gate [B,1,D], text gate [B,1,D])."""
         shift, scale, gate, t_shift, t_scale, t_gate = self.linear(emb)[:, None].chunk(6, dim=-1)
-        x = torch.addcmul(shift, self.norm(x.float()).to(x.dtype), 1 + scale)  # FP32LayerNorm, §8.3
+        # FP32LayerNorm, docs/faithfulness.md, MMDiT blocks
+        x = torch.addcmul(shift, self.norm(x.float()).to(x.dtype), 1 + scale)
         text = torch.addcmul(t_shift, self.norm(text.float()).to(text.dtype), 1 + t_scale)
         return x, text, gate, t_gate
 
@@ -154,7 +157,7 @@ class FeedForward(nn.Module):
 
 class Block(nn.Module):
     """MMDiT block (separate text weights in attn2 / txt_ff) or, when `mmdit=False`, one set of weights for both
-    streams — the shared out-projection is then applied to the text tokens too (reference/transformer.md §3.6)."""
+    streams — the shared out-projection is then applied to the text tokens too (docs/faithfulness.md, MMDiT blocks)."""
 
     def __init__(self, p: TransformerParams, mmdit: bool, ops=None):
         super().__init__()
@@ -173,7 +176,8 @@ class Block(nn.Module):
         x_mod, text_mod, gate, text_gate = self.norm1(x, text, emb)
         xq, xk, xv = self.attn1.qkv(x_mod)
         tq, tk, tv = text_attn.qkv(text_mod)
-        xq, xk = apply_rope(xq, *rope), apply_rope(xk, *rope)  # video tokens only, after qk-norm (§3.5)
+        # video tokens only, after qk-norm (docs/faithfulness.md, MMDiT blocks)
+        xq, xk = apply_rope(xq, *rope), apply_rope(xk, *rope)
         attention = attention or self.attention  # a sequence-parallel wrapper of it when sharded
         out = attention(torch.cat([tq, xq], 2), torch.cat([tk, xk], 2), torch.cat([tv, xv], 2))
         out = rearrange(out, "b h n d -> b n (h d)")  # sequence order [text, video]
@@ -186,7 +190,7 @@ class Block(nn.Module):
 
 
 class OutputNorm(nn.Module):
-    """AdaLayerNorm with (shift, scale) order (reference/transformer.md §3.7)."""
+    """AdaLayerNorm with (shift, scale) order (docs/faithfulness.md, MMDiT blocks)."""
 
     def __init__(self, dim: int, cond_dim: int, eps: float, ops):
         super().__init__()
@@ -233,14 +237,18 @@ class EasyAnimateTransformer(nn.Module):
         """Predict [B, out_channels, F, H, W] in `latents.dtype` (the compute dtype).
 
         latents: [B, C, F, H, W] noisy latent; the conditions are concatenated after it on C in the order
-          [latents | inpaint (mask 1 + masked video 16) | control (16, or Plücker 6) | ref (16)] (§1.2), so a caller
-          may equally pass all channels pre-concatenated in `latents` and leave the condition arguments None.
-        timestep: [B] or scalar; rounded to the latent dtype first, as the reference pipeline does (§5.4).
+          [latents | inpaint (mask 1 + masked video 16) | control (16, or Plücker 6) | ref (16)] (docs/checkpoints.md,
+          variants), so a caller may equally pass all channels pre-concatenated in `latents` and leave the condition
+          arguments None.
+        timestep: [B] or scalar; rounded to the latent dtype first, as the reference pipeline does
+        (docs/faithfulness.md, timestep embedding).
         text: [B, S, text_embed_dim] (V5: Bert features; V5.1: Qwen2-VL features); text_t5: [B, S5, text_embed_dim_t5]
-          mT5 features, V5 only. No text mask: padded tokens take part as real tokens (§3.4).
+          mT5 features, V5 only. No text mask: padded tokens take part as real tokens (docs/faithfulness.md, text
+          streams).
         interrupt: called between blocks; it raises to abort.
         teacache: optional models.teacache.TeaCache (duck-typed: should_compute / store / apply); it decides from
-          block 0's modulated video tokens whether the blocks run or the cached residual is reused (§6).
+          block 0's modulated video tokens whether the blocks run or the cached residual is reused
+          (docs/faithfulness.md, TeaCache).
         parallel: optional models.parallel.ParallelGroups; this rank then runs its shard of the video tokens and
           the output is gathered after proj_out (docs/parallel.md).
         """
@@ -282,7 +290,7 @@ class EasyAnimateTransformer(nn.Module):
                 if interrupt is not None:
                     interrupt()
                 x, text = block(x, text, emb, rope, attention)
-            x = self.norm_out(self.norm_final(x), emb)  # two LayerNorms in a row (§3.7)
+            x = self.norm_out(self.norm_final(x), emb)  # two LayerNorms in a row (docs/faithfulness.md, MMDiT blocks)
             if teacache is not None:
                 teacache.store(x - tokens)
         x = self.proj_out(x)
@@ -297,7 +305,7 @@ class EasyAnimateTransformer(nn.Module):
             expected = "Bert and mT5 features (V5)" if self.text_proj_t5 is not None else "one text stream (V5.1)"
             raise ValueError(f"this transformer expects {expected}; got text_t5={'None' if text_t5 is None else 'a tensor'}")
         tokens = self.text_proj(text)
-        if text_t5 is not None:  # V5: Bert tokens first, then mT5 tokens (§3.4)
+        if text_t5 is not None:  # V5: Bert tokens first, then mT5 tokens (docs/faithfulness.md, text streams)
             tokens = torch.cat([tokens, self.text_proj_t5(text_t5)], dim=1)
         return tokens
 
@@ -318,7 +326,8 @@ def load_transformer(
 
     source: a model folder (original or `-diffusers` layout), its `transformer/` folder, or a single transformer
       `.safetensors` file of either key naming. Version, size and kind come from the tensor names and shapes; config
-      keys absent from config.json take the released values of the variant registry (reference/transformer.md §1.3).
+      keys absent from config.json take the released values of the variant registry (docs/checkpoints.md, transformer
+      config).
     dtype: the compute dtype (`model.compute_dtype`; feed latents in it); storage_dtype: the weights' dtype in memory
       (default `dtype`; float8_e4m3fn / float8_e5m2 for qfloat8 — the ops layers upcast at call time).
     Missing, unexpected or wrongly shaped tensors raise one CheckpointError; pickle files are refused.

@@ -2,7 +2,8 @@
 
 Detection, validation, loader defaults and sampler defaults all read this file; nothing else hard-codes a layer count,
 a channel count or a text width. Values are the RELEASED ones (HF config.json files), not the reference class defaults
-— see reference/transformer.md §1.1–1.3. Released scheduler and VAE configs live here too (vae_and_text.md §1.1, §3).
+— see docs/checkpoints.md, transformer config. Released scheduler and VAE configs live here too (docs/checkpoints.md,
+VAE config / folder layouts).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ VERSIONS = (V5, V5_1)
 SIZES = ("7b", "12b")
 KINDS = ("t2v", "inp", "control", "control_camera")
 
-# Transformer in_channels per (version, kind): the channel layouts of transformer.md §1.2 (noisy 16 | mask 1 |
+# Transformer in_channels per (version, kind): the channel layouts of docs/checkpoints.md, variants (noisy 16 | mask 1 |
 # masked latent 16 | control 16 | Plücker 6 | ref 16).
 IN_CHANNELS = {
     (V5, "t2v"): 16,
@@ -31,7 +32,8 @@ IN_CHANNELS = {
 # Name suffix of the released HF folders per kind (e.g. "EasyAnimateV5.1-12b-zh-Control-Camera").
 KIND_SUFFIX = {"t2v": "", "inp": "-InP", "control": "-Control", "control_camera": "-Control-Camera"}
 
-# Sampling defaults of the reference predict scripts (transformer.md §5.1/§5.2; vae_and_text.md §2.3 last paragraph).
+# Sampling defaults of the reference predict scripts (docs/faithfulness.md, schedulers; docs/faithfulness.md, text
+# encoders).
 DEFAULT_SCHEDULER = {V5: "DDIM", V5_1: "Flow"}
 DEFAULT_STEPS = 50
 DEFAULT_GUIDANCE = 6.0
@@ -49,13 +51,14 @@ MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 16, 2048, 16
 MIN_FRAMES, MAX_FRAMES, FRAME_STEP = 1, 253, 4
 MAX_PROMPT_TOKENS = 256
 
-# TeaCache rescale polynomials (highest power first), fitted on the V5.1 InP models (transformer.md §6). V5 has none.
+# TeaCache rescale polynomials (highest power first), fitted on the V5.1 InP models (docs/faithfulness.md, TeaCache). V5
+# has none.
 TEACACHE_COEFFICIENTS = {
     (V5_1, "7b"): (1.07862322, -4.19362456, 3.06725828, 0.33161686, 0.02374758),
     (V5_1, "12b"): (-10.47857366, 8.33844143, -0.78477557, 0.68798618, 0.0136149),
 }
 
-# §1.1: fields shared by every released V5 / V5.1 transformer config.json.
+# docs/checkpoints.md, transformer config: fields shared by every released V5 / V5.1 transformer config.json.
 _COMMON_TRANSFORMER_FIELDS = {
     "_class_name": "EasyAnimateTransformer3DModel",
     "activation_fn": "gelu-approximate",
@@ -100,7 +103,8 @@ class Variant:
     enable_text_attention_mask: bool
     add_noise_in_inpaint_model: bool
     add_ref_latent_in_control_model: bool
-    param_count: int | None  # exact transformer parameter count (§1.2); None only for an unreleased combination
+    # exact transformer parameter count (docs/checkpoints.md, variants); None only for an unreleased combination
+    param_count: int | None
     released: bool = True
 
     @property
@@ -109,7 +113,7 @@ class Variant:
 
     @property
     def diffusers_name(self) -> str | None:
-        """Name of the separately published diffusers-layout copy (V5.1 only, vae_and_text.md §3.3)."""
+        """Name of the separately published diffusers-layout copy (V5.1 only, docs/checkpoints.md, folder layouts)."""
         return f"{self.name}-diffusers" if self.version == V5_1 else None
 
     @property
@@ -176,20 +180,23 @@ def _variant(version: str, size: str, kind: str, param_count: int) -> Variant:
         size=size,
         kind=kind,
         num_layers=36 if size == "7b" else 48,
-        mmdit_layers=18 if size == "7b" else 48,  # 7B: unique solution of the parameter count, §1.3
+        # 7B: unique solution of the parameter count, docs/checkpoints.md, transformer config
+        mmdit_layers=18 if size == "7b" else 48,
         in_channels=IN_CHANNELS[(version, kind)],
         text_embed_dim=3584 if v51 else 1024,
         text_embed_dim_t5=None if v51 else 2048,
         add_norm_text_encoder=v51,
-        enable_text_attention_mask=v51,  # V5 runs Bert/mT5 without masks; V5.1 requires one (§1.4)
-        # V5-12B-Control's updated config says true (§10 q5); irrelevant for T2V, where V5 keeps the class default
+        # V5 runs Bert/mT5 without masks; V5.1 requires one (docs/checkpoints.md, transformer config)
+        enable_text_attention_mask=v51,
+        # V5-12B-Control's updated config says true (docs/faithfulness.md, open questions); irrelevant for T2V, where V5
+        # keeps the class default
         add_noise_in_inpaint_model=v51 or kind != "t2v",
         add_ref_latent_in_control_model=v51,
         param_count=param_count,
     )
 
 
-# §1.2, in the table's order. There is no released V5-7B Control (README model zoo).
+# docs/checkpoints.md, variants, in the table's order. There is no released V5-7B Control (README model zoo).
 _RELEASED = [
     _variant(V5, "7b", "t2v", 6_812_888_640),
     _variant(V5, "7b", "inp", 6_813_097_536),
@@ -252,11 +259,12 @@ def kind_for_in_channels(version: str, in_channels: int) -> str:
 # --- released scheduler configs (scheduler/scheduler_config.json) -------------------------------------------------
 
 _SCHEDULER_CONFIGS = {
-    # vae_and_text.md §3.1 / transformer.md §5.2. Quoted keys: class, betas, schedule, 1000 steps, v_prediction,
-    # zero-SNR, trailing. The remaining keys were not read from the released file (transformer.md §10 q3) [inferred]:
-    # the released file is 473 bytes, exactly CogVideoX's DDIM config (same betas / zero-SNR / trailing / v-prediction
-    # recipe) renamed to DDIMScheduler, so its values are used: no x0 clipping, set_alpha_to_one true, offset 0.
-    # Only used when a checkpoint lacks scheduler/scheduler_config.json; the pipeline passes the file when present.
+    # docs/checkpoints.md, folder layouts / docs/faithfulness.md, schedulers. Quoted keys: class, betas, schedule, 1000
+    # steps, v_prediction, zero-SNR, trailing. The remaining keys were not read from the released file
+    # (docs/faithfulness.md, open questions) [inferred]: the released file is 473 bytes, exactly CogVideoX's DDIM config
+    # (same betas / zero-SNR / trailing / v-prediction recipe) renamed to DDIMScheduler, so its values are used: no x0
+    # clipping, set_alpha_to_one true, offset 0. Only used when a checkpoint lacks scheduler/scheduler_config.json; the
+    # pipeline passes the file when present.
     V5: {
         "_class_name": "DDIMScheduler",
         "_diffusers_version": "0.31.0.dev0",
@@ -275,7 +283,8 @@ _SCHEDULER_CONFIGS = {
         "timestep_spacing": "trailing",
         "trained_betas": None,
     },
-    # transformer.md §5.1: pipelines call set_timesteps(N, mu=1), so `shift` is ignored (effective shift e).
+    # docs/faithfulness.md, schedulers: pipelines call set_timesteps(N, mu=1), so `shift` is ignored (effective shift
+    # e).
     V5_1: {
         "_class_name": "FlowMatchEulerDiscreteScheduler",
         "_diffusers_version": "0.31.0.dev0",
@@ -294,7 +303,7 @@ def released_scheduler_config(version: str) -> dict:
     return copy.deepcopy(_SCHEDULER_CONFIGS[version])
 
 
-# --- released VAE configs (vae/config.json), vae_and_text.md §1.1 --------------------------------------------------
+# --- released VAE configs (vae/config.json), docs/checkpoints.md, VAE config ---------------------------------------
 
 _VAE_V5 = {
     "_class_name": "AutoencoderKLMagvit",
@@ -343,8 +352,8 @@ _VAE_V5 = {
     "use_tiling_decoder": False,
     "use_tiling_encoder": False,
 }
-# V5.1: the published copy differs only by no mid attention and an extra `norm_type` (§1.1; the non-diffusers V5.1
-# file itself was not found, vae_and_text.md §7 q1).
+# V5.1: the published copy differs only by no mid attention and an extra `norm_type` (docs/checkpoints.md, VAE config;
+# the non-diffusers V5.1 file itself was not found, docs/faithfulness.md, open questions).
 _VAE_V5_1 = dict(_VAE_V5, _diffusers_version="0.31.0.dev0", mid_block_use_attention=False, norm_type=None)
 _VAE_CONFIGS = {V5: _VAE_V5, V5_1: dict(sorted(_VAE_V5_1.items()))}
 

@@ -45,7 +45,8 @@ def default_model_dir(folder_name: str) -> Path | None:
 
 def register_model_folders() -> None:
     """Register our model folders with ComfyUI (unconditionally: folder_paths de-duplicates, and a conditional add
-    would skip the default folder whenever extra_model_paths.yaml names the key — reference/comfyui.md §3)."""
+    would skip the default folder whenever extra_model_paths.yaml names the key — docs/architecture.md, model
+    folders)."""
     folder_paths = _folder_paths()
     if folder_paths is None:
         return
@@ -156,7 +157,7 @@ def trim_host_heap() -> None:
     release_host_memory()
 
 
-# -- model management (reference/comfyui.md §2) --------------------------------------------------------------------
+# -- model management (docs/memory.md, ComfyUI models) -------------------------------------------------------------
 
 
 def _mm():

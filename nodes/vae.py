@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .bridge import Progress, check_interrupt, free_memory, free_vram, is_out_of_memory, torch_device
 
-FPS = 8  # EasyAnimate V5/V5.1 were trained at 8 fps (reference/transformer.md §4.3)
+FPS = 8  # EasyAnimate V5/V5.1 were trained at 8 fps (docs/faithfulness.md, conditioning)
 TILE_TOOLTIP = "Spatial tile size in pixels (0 = automatic from free memory). Smaller tiles use less memory."
 
 

@@ -17,7 +17,7 @@ import os
 import socket
 import struct
 
-GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # fixed by RFC 6455 §1.3
+GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # fixed by RFC 6455 docs/architecture.md, ComfyUI integration
 OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
 
@@ -78,7 +78,7 @@ class WebSocket:
         return bool(first & 0x80), first & 0x0F, payload
 
     def send(self, opcode: int, payload: bytes = b"") -> None:
-        """One final frame; a client masks everything it sends (RFC 6455 §5.3)."""
+        """One final frame; a client masks everything it sends (RFC 6455 docs/architecture.md, tests)."""
         mask = os.urandom(4)
         length = len(payload)
         header = bytes([0x80 | opcode])

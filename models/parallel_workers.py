@@ -254,6 +254,11 @@ class ParallelModel:
     offloading = False
 
     def __init__(self, model, devices: str, sp: int | None = None, cfg_parallel: bool = False):
+        if getattr(model, "loras", ()):  # the workers load the base weights only: never drop a LoRA silently
+            raise ValueError(
+                "EasyAnimate LoRA and EasyAnimate Parallel Options cannot be combined yet: the parallel workers "
+                "would sample without the LoRA. Remove one of the two."
+            )
         self.model = model
         from .components import DTYPES, STORAGE_DTYPES
 

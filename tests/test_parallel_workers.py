@@ -80,3 +80,13 @@ def test_interrupt_stops_every_worker_mid_call_and_the_pool_stays_usable(model, 
 def test_device_lists_are_checked_with_a_clear_message(text, needle):
     with pytest.raises(ValueError, match=needle):
         parse_devices(text)
+
+
+def test_a_lora_stacked_model_is_refused_by_the_parallel_path_instead_of_being_dropped(tmp_path):
+    from models.parallel_workers import ParallelModel
+
+    class Stacked:  # what EasyAnimate LoRA hands on: the shared components plus a non-empty LoRA stack
+        loras = (("a lora", 1.0),)
+
+    with pytest.raises(ValueError, match="LoRA and EasyAnimate Parallel Options cannot be combined"):
+        ParallelModel(Stacked(), "cpu,cpu")

@@ -111,9 +111,11 @@ class ComfyServer:
         for sub in ("custom_nodes", "models", "input", "output", "user"):
             (base_dir / sub).mkdir(parents=True, exist_ok=True)
         for name, path in (custom_nodes or {}).items():
-            link = base_dir / "custom_nodes" / name
+            link, target = base_dir / "custom_nodes" / name, Path(path).resolve()
+            if link.is_symlink() and link.resolve() != target:  # a reused base dir linked to another checkout
+                link.unlink()
             if not link.exists():
-                link.symlink_to(Path(path).resolve(), target_is_directory=True)
+                link.symlink_to(target, target_is_directory=True)
         yaml_path = write_model_paths_yaml(base_dir / "extra_model_paths.yaml", model_paths)
         args = [
             "--cpu", "--base-directory", str(base_dir), "--database-url", "sqlite:///:memory:",

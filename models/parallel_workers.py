@@ -170,7 +170,8 @@ class WorkerPool:
                     interrupted = error
                     deadline = time.monotonic() + 120.0  # the workers stop at their next block
                     for connection in self.connections:
-                        _send(connection, ("interrupt", self._call_id))
+                        with contextlib.suppress(OSError):  # a dead worker is reported by the checks above
+                            _send(connection, ("interrupt", self._call_id))
             if deadline is not None and time.monotonic() > deadline:
                 self.close()
                 raise WorkerError(f"parallel workers did not answer within the time limit (waiting for {expected})")
@@ -188,8 +189,13 @@ class WorkerPool:
         if not self.alive:
             raise WorkerError("this parallel worker pool has stopped; queue the prompt again to start a new one")
         self._call_id += 1
-        for connection in self.connections:
-            _send(connection, ("call", self._call_id, inputs))
+        for rank, connection in enumerate(self.connections):
+            try:
+                _send(connection, ("call", self._call_id, inputs))
+            except OSError:  # broken pipe / reset: the worker died between calls
+                self.close()
+                raise WorkerError(f"parallel worker {rank} ({self.spec.devices[rank]}) failed: its connection "
+                                  "closed (the process died)") from None  # fmt: skip
         return self._collect(("result",), None, interrupt)[0][1]
 
     def close(self) -> None:

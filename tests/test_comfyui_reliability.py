@@ -22,8 +22,7 @@ DAMAGED = {"damaged-vae": ("vae/diffusion_pytorch_model.safetensors", 4000),
            "damaged-tokenizer": ("tokenizer/tokenizer.json", 500)}  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_root):
+def _start_server(tmp_path_factory, tiny_root) -> ComfyServer:
     models = tmp_path_factory.mktemp("reliability_models")
     write_big_model(models, BIG)
     for name, (relative, keep) in DAMAGED.items():
@@ -36,6 +35,20 @@ def server(tmp_path_factory, tiny_root):
     server = ComfyServer.start(custom_nodes={PACK_FOLDER_NAME: REPO_ROOT}, model_paths={"EasyAnimate": [models]},
                                base_dir=tmp_path_factory.mktemp("comfyui_reliability"))  # fmt: skip
     server.models = models
+    return server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_root):
+    server = _start_server(tmp_path_factory, tiny_root)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fresh_server(tmp_path_factory, tiny_root):
+    """A server of its own: RSS figures must not depend on which prompts other tests ran before (random order)."""
+    server = _start_server(tmp_path_factory, tiny_root)
     yield server
     server.stop()
 
@@ -124,7 +137,8 @@ def test_a_damaged_component_file_is_named_by_the_loader_node(server, name):
     assert "Re-download" in result.error["exception_message"]
 
 
-def test_five_settings_changes_hold_one_copy_and_free_returns_to_the_baseline(server):
+def test_five_settings_changes_hold_one_copy_and_free_returns_to_the_baseline(fresh_server):
+    server = fresh_server
     one_copy = parameter_count(server.models / BIG) * 4  # the largest setting: fp32
     run_ok(server, graph(TINY, seed=11, prefix="warm-up"))  # code paths imported; then the baseline
     baseline = _free_and_settle(server)

@@ -152,6 +152,15 @@ class WorkerPool:
         deadline = None if timeout is None else time.monotonic() + timeout
         interrupted = None
         while None in replies:
+            if interrupt is not None and interrupted is None:  # checked first: Cancel reaches the workers at once
+                try:
+                    interrupt()
+                except BaseException as error:  # noqa: BLE001 - handed to every worker, re-raised below
+                    interrupted = error
+                    deadline = time.monotonic() + 120.0  # the workers stop at their next block
+                    for connection in self.connections:
+                        with contextlib.suppress(OSError):  # a dead worker is reported by the checks below
+                            _send(connection, ("interrupt", self._call_id))
             pending = [c for rank, c in enumerate(self.connections) if replies[rank] is None]
             for connection in wait(pending, timeout=0.1):
                 rank = by_connection[id(connection)]
@@ -163,15 +172,6 @@ class WorkerPool:
                     self.close()
                     raise WorkerError(f"parallel worker {rank} ({self.spec.devices[rank]}) failed: {replies[rank][1]}")
             self._check_processes(replies)
-            if interrupt is not None and interrupted is None:
-                try:
-                    interrupt()
-                except BaseException as error:  # noqa: BLE001 - handed to every worker, re-raised below
-                    interrupted = error
-                    deadline = time.monotonic() + 120.0  # the workers stop at their next block
-                    for connection in self.connections:
-                        with contextlib.suppress(OSError):  # a dead worker is reported by the checks above
-                            _send(connection, ("interrupt", self._call_id))
             if deadline is not None and time.monotonic() > deadline:
                 self.close()
                 raise WorkerError(f"parallel workers did not answer within the time limit (waiting for {expected})")

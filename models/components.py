@@ -80,6 +80,9 @@ class ModelComponents:
             if name not in self._loaded:
                 release_other_copies(self, name)  # before the new copy is read: never two in RAM
                 self._loaded[name] = build()
+                from .memory import release_host_memory
+
+                release_host_memory()  # the loader's read buffers and any freed copy go back to the OS now
             return self._loaded[name]
 
     def is_loaded(self, name: str) -> bool:

@@ -101,3 +101,23 @@ def comfy_server(tmp_path_factory):
     )
     yield server
     server.stop()
+
+
+ISOLATED_ENV = "EASYANIMATE_ISOLATED_RUN"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "isolated: an RSS measurement run in a pytest process of its own "
+                            "(tests/test_isolated.py starts it), so other tests' leftovers cannot move its figures")
+
+
+def pytest_collection_modifyitems(config, items):
+    """`isolated` tests run only inside the child process that tests/test_isolated.py starts."""
+    import os
+
+    if os.environ.get(ISOLATED_ENV) == "1":
+        return
+    kept = [item for item in items if item.get_closest_marker("isolated") is None]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept

@@ -137,6 +137,7 @@ def test_a_damaged_component_file_is_named_by_the_loader_node(server, name):
     assert "Re-download" in result.error["exception_message"]
 
 
+@pytest.mark.isolated
 def test_five_settings_changes_hold_one_copy_and_free_returns_to_the_baseline(fresh_server):
     server = fresh_server
     one_copy = parameter_count(server.models / BIG) * 4  # the largest setting: fp32

@@ -241,6 +241,24 @@ def free(device) -> None:
         torch.cuda.empty_cache()
 
 
+@contextlib.contextmanager
+def guarded(what: str, device, errors: dict):
+    """Run one section; an exception (a bug, an unexpected OOM) is printed and recorded, and the check goes on with
+    the next section, so one failure never costs the figures of the others."""
+    try:
+        yield
+    except Exception as error:  # noqa: BLE001 - reported, recorded, and the run continues
+        import traceback
+
+        text = traceback.format_exc()
+        print(f"ERROR in {what}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
+              flush=True)  # fmt: skip
+        print(text, flush=True)
+        errors[what] = text
+    finally:
+        free(device)
+
+
 class Budget:
     def __init__(self, seconds: float):
         self.seconds, self.start, self.skipped = seconds, time.perf_counter(), []
@@ -299,7 +317,7 @@ def _mode_build(mode: str, plan, blocks: int, layers: int) -> tuple[str, str, ob
     return plan.storage, "quality", "all", blocks - streamed
 
 
-def run_modes(setup: Setup, label: str, size, budget: Budget, peak: float, out: dict) -> None:
+def run_modes(setup: Setup, label: str, size, budget: Budget, peak: float, out: dict, errors: dict) -> None:
     """Every memory mode at one size: s/it, peak VRAM, peak host RSS, MFU (scaled from `setup.blocks` blocks)."""
     version, _, params = setup.models[label]
     width, height, frames = size
@@ -313,53 +331,62 @@ def run_modes(setup: Setup, label: str, size, budget: Budget, peak: float, out: 
         if not budget.allows(f"{key} {mode}", 1.5 * last_wall):
             continue
         wall = time.perf_counter()
-        storage, fp8_mode, host, resident = _mode_build(mode, plan, blocks, layers)
-        row = {"storage": storage, "blocks_built": blocks, "layers": layers}
-        with Peaks(device) as peaks:
-            model = build_transformer(params, blocks, device, setup.dtype, storage, fp8_mode, host_blocks=host)
-            block_bytes = sum(t.numel() * t.element_size() for t in model.transformer_blocks[0].parameters())
-            if mode == "model_cpu_offload":
-                start = time.perf_counter()
-                with on_device(model, device):
-                    _sync(device)
-                    row["load_s_full"] = (time.perf_counter() - start) * layers / blocks
-                    seconds, output = time_forward(model, args, device, setup.repeats)
-            elif mode == "sequential":
-                with BlockSwap(model, device, resident_blocks=resident) as swap:
-                    seconds, output = time_forward(model, args, device, setup.repeats)
-                row.update(resident_full=plan.resident_blocks, prefetch_hits=swap.stats.prefetch_hits)
-            else:
-                seconds, output = time_forward(model, args, device, setup.repeats)
-        row.update(measured_s=seconds, peak_vram_measured=peaks.device_peak, peak_host_rss=peaks.host_peak)
-        full_blocks_on_device = layers if mode != "sequential" else plan.resident_blocks + 2
-        built_on_device = blocks if mode != "sequential" else resident + min(2, blocks - resident)
-        if peaks.device_peak is not None:
-            row["peak_vram_full_estimate"] = peaks.device_peak + (full_blocks_on_device - built_on_device) * block_bytes
-        row["s_per_it"] = seconds * layers / blocks
-        if mode == "sequential":  # streamed blocks measured; the rest run like resident blocks of that storage
-            resident_block_s = rows.get("gpu_fp8" if storage.startswith("fp8") else "gpu_bf16", row)["measured_s"] / blocks
-            streamed_full = layers - plan.resident_blocks
-            if streamed_full <= blocks:
-                row["s_per_it"] = seconds + (layers - blocks) * resident_block_s
-            else:
-                row["s_per_it"] = seconds * streamed_full / blocks + plan.resident_blocks * resident_block_s
-            row["over_gpu_same_storage"] = row["s_per_it"] / (resident_block_s * layers)
-        if mode == "fp8_scaled_mm":
-            row["scaled_mm"] = fp8_matmul_supported(device)
-            if not row["scaled_mm"]:
-                row["note"] = "no torch._scaled_mm on this device (needs CUDA sm89+): ran the dequantizing fallback"
-        row["mfu"] = flops / row["s_per_it"] / peak
-        if mode == "gpu_bf16":
-            reference = output
-        elif reference is not None and mode in ("gpu_fp8", "fp8_scaled_mm"):
-            row["rel_error_vs_bf16"] = relative_error(output, reference)
-        del model, output
+        with guarded(f"{key} {mode}", device, errors):
+            row, output = _run_mode(mode, setup, params, plan, blocks, layers, args, flops, peak, rows)
+            if mode == "gpu_bf16":
+                reference = output
+            elif reference is not None and mode in ("gpu_fp8", "fp8_scaled_mm"):
+                row["rel_error_vs_bf16"] = relative_error(output, reference)
+            output = None
+            rows[mode] = row
+            _print_mode(key, mode, row)
         free(device)
-        rows[mode] = row
         last_wall = time.perf_counter() - wall
-        _print_mode(key, mode, row)
     out[key] = {"blocks_scaled_from": blocks, "note": f"measured on {blocks} of {layers} blocks, scaled per block",
                 "modes": rows}  # fmt: skip
+
+
+def _run_mode(mode, setup, params, plan, blocks, layers, args, flops, peak, rows) -> tuple[dict, torch.Tensor]:
+    """One memory mode at one size: (its figures, the output of the last forward)."""
+    device = setup.device
+    storage, fp8_mode, host, resident = _mode_build(mode, plan, blocks, layers)
+    row = {"storage": storage, "blocks_built": blocks, "layers": layers}
+    with Peaks(device) as peaks:
+        model = build_transformer(params, blocks, device, setup.dtype, storage, fp8_mode, host_blocks=host)
+        block_bytes = sum(t.numel() * t.element_size() for t in model.transformer_blocks[0].parameters())
+        if mode == "model_cpu_offload":
+            start = time.perf_counter()
+            with on_device(model, device):
+                _sync(device)
+                row["load_s_full"] = (time.perf_counter() - start) * layers / blocks
+                seconds, output = time_forward(model, args, device, setup.repeats)
+        elif mode == "sequential":
+            with BlockSwap(model, device, resident_blocks=resident) as swap:
+                seconds, output = time_forward(model, args, device, setup.repeats)
+            row.update(resident_full=plan.resident_blocks, prefetch_hits=swap.stats.prefetch_hits)
+        else:
+            seconds, output = time_forward(model, args, device, setup.repeats)
+    row.update(measured_s=seconds, peak_vram_measured=peaks.device_peak, peak_host_rss=peaks.host_peak)
+    full_blocks_on_device = layers if mode != "sequential" else plan.resident_blocks + 2
+    built_on_device = blocks if mode != "sequential" else resident + min(2, blocks - resident)
+    if peaks.device_peak is not None:
+        row["peak_vram_full_estimate"] = peaks.device_peak + (full_blocks_on_device - built_on_device) * block_bytes
+    row["s_per_it"] = seconds * layers / blocks
+    if mode == "sequential":  # streamed blocks measured; the rest run like resident blocks of that storage
+        resident_block_s = rows.get("gpu_fp8" if storage.startswith("fp8") else "gpu_bf16", row)["measured_s"] / blocks
+        streamed_full = layers - plan.resident_blocks
+        if streamed_full <= blocks:
+            row["s_per_it"] = seconds + (layers - blocks) * resident_block_s
+        else:
+            row["s_per_it"] = seconds * streamed_full / blocks + plan.resident_blocks * resident_block_s
+        row["over_gpu_same_storage"] = row["s_per_it"] / (resident_block_s * layers)
+    if mode == "fp8_scaled_mm":
+        row["scaled_mm"] = fp8_matmul_supported(device)
+        if not row["scaled_mm"]:
+            row["note"] = "no torch._scaled_mm on this device (needs CUDA sm89+): ran the dequantizing fallback"
+    row["mfu"] = flops / row["s_per_it"] / peak
+    del model
+    return row, output
 
 
 def _print_mode(key: str, mode: str, row: dict) -> None:
@@ -373,11 +400,9 @@ def _print_mode(key: str, mode: str, row: dict) -> None:
         print(f"RESULT {key}_{mode}_{name}={value:.4g}", flush=True)
 
 
-def run_speed_options(setup: Setup, label: str, size, budget: Budget, out: dict) -> None:
-    """Attention backends (installed ones; error vs SDPA) on one block's attention shape, and torch.compile per block
-    on `setup.blocks` bf16 blocks: compile time (first call) and s/it scaled to the full depth, vs eager."""
+def run_attention(setup: Setup, label: str, size, out: dict) -> None:
+    """Attention backends (the installed ones; error vs SDPA) on one block's attention shape."""
     from models.attention import BACKENDS, installed
-    from models.compile import compile_blocks
 
     _, _, params = setup.models[label]
     width, height, frames = size
@@ -399,6 +424,16 @@ def run_speed_options(setup: Setup, label: str, size, budget: Budget, out: dict)
         print(f"RESULT {key}_attention_{name}_ms={seconds * 1e3:.4g}", flush=True)
     del q, k, v, reference
     out[f"{key}_attention"] = attention
+
+
+def run_compile(setup: Setup, label: str, size, budget: Budget, out: dict) -> None:
+    """torch.compile per block on `setup.blocks` bf16 blocks: compile time (first call) and s/it scaled to the full
+    depth, vs eager."""
+    from models.compile import compile_blocks
+
+    _, _, params = setup.models[label]
+    width, height, frames = size
+    key, device = _key(label, *size), setup.device
     if not budget.allows(f"{key} torch.compile", 120.0 if not setup.tiny else 5.0):
         return
     blocks = min(setup.blocks, params.num_layers)
@@ -587,24 +622,36 @@ def main() -> None:
                "tiny": args.tiny, "peak_flops": peak, "peak_source": peak_source, "card_simulated_bytes":
                setup.card_bytes, "modes": {}, "plans": [], "vae": [], "plan_vae_phases": [], "speed_options": {},
                "skipped": budget.skipped}  # fmt: skip
+    results["errors"] = errors = {}
+    out = args.out or REPO_ROOT / "benchmarks" / "results" / f"gpu-{now:%Y%m%d-%H%M}-{card.replace(' ', '_')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def section(what: str, run, *run_args, **run_kwargs) -> None:
+        """One guarded section, then the JSON is rewritten: a run cut short still leaves every figure so far."""
+        with guarded(what, setup.device, errors):
+            run(*run_args, **run_kwargs)
+        out.write_text(json.dumps(results, indent=1, default=str))
+
+    # In order of importance, so a short budget keeps the figures the README and the issue's targets need.
     labels = list(setup.models)
     first_size, *other_sizes = setup.sizes
-    run_modes(setup, labels[0], first_size, budget, peak, results["modes"])  # the headline: 12B at 384x672x49
+    section("modes 12b headline", run_modes, setup, labels[0], first_size, budget, peak, results["modes"], errors)
+    section("attention backends", run_attention, setup, labels[0], first_size, results["speed_options"])
     for row in setup.plan_rows:
         for label in labels:
-            run_plan_row(setup, label, row, budget, results["plans"])
-    for size in setup.sizes:
-        run_vae(setup, size, budget, results["vae"])
-    for label, size in [(labels[1], first_size)] + [(label, size) for size in other_sizes for label in labels]:
-        run_modes(setup, label, size, budget, peak, results["modes"])
-    run_speed_options(setup, labels[0], first_size, budget, results["speed_options"])
+            section(f"plan {label} {row[:3]}", run_plan_row, setup, label, row, budget, results["plans"])
     done = set()
     for row in results["plans"]:  # the VAE phase of each plan, once per (size, tile budget, card)
         phase = (tuple(row["size"]), row["vae_budget"], row["card"])
         if row["fits"] and phase not in done:
             done.add(phase)
-            run_vae(setup, row["size"], budget, results["plan_vae_phases"], row["vae_budget"] or None, row["card"],
-                    label="plan_vae")  # fmt: skip
+            section(f"plan vae {row['size']}", run_vae, setup, row["size"], budget, results["plan_vae_phases"],
+                    row["vae_budget"] or None, row["card"], label="plan_vae")  # fmt: skip
+    section("torch.compile", run_compile, setup, labels[0], first_size, budget, results["speed_options"])
+    for size in setup.sizes:
+        section(f"vae {size}", run_vae, setup, size, budget, results["vae"])
+    for label, size in [(labels[1], first_size)] + [(label, size) for size in other_sizes for label in labels]:
+        section(f"modes {label} {size}", run_modes, setup, label, size, budget, peak, results["modes"], errors)
     worst = plan_summary(results["plans"], results["plan_vae_phases"])
     if worst is not None:
         print(f"RESULT plan_estimate_error_max={worst:.3f}")
@@ -614,8 +661,7 @@ def main() -> None:
     print(f"RESULT gpu_check_complete={int(not budget.skipped)}")
     if budget.skipped:
         print(f"NOTE skipped for time: {'; '.join(budget.skipped)}")
-    out = args.out or REPO_ROOT / "benchmarks" / "results" / f"gpu-{now:%Y%m%d-%H%M}-{card.replace(' ', '_')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    print(f"RESULT gpu_check_errors={len(errors)}")
     out.write_text(json.dumps(results, indent=1, default=str))
     print(f"wrote {out}")
 

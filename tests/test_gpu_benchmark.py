@@ -26,6 +26,7 @@ def test_gpu_check_runs_every_section_in_tiny_mode(tmp_path):
     assert results["gpu_check_complete"] == 1, run.stdout[-2000:]
     data = json.loads(out.read_text())
     assert data["tiny"] is True and data["skipped"] == []
+    assert data["errors"] == {} and results["gpu_check_errors"] == 0, data["errors"]  # sections are guarded: say so
     assert len(data["modes"]) == 4  # 2 models x 2 sizes
     for key, entry in data["modes"].items():
         assert set(entry["modes"]) == set(MODES), key

@@ -34,7 +34,7 @@ for _path in (REPO_ROOT, REPO_ROOT / "benchmarks"):
 
 from models import ops as cast_ops  # noqa: E402
 from models import memory  # noqa: E402
-from models.offload import BlockSwap, on_device  # noqa: E402
+from models.offload import BlockSwap, OffloadStats, Placement, on_device  # noqa: E402
 from models.quant import ScaledLinear, fp8_matmul_supported, quantize_scaled, scaled_ops, storage_rule  # noqa: E402
 from models.transformer import EasyAnimateTransformer, TransformerParams  # noqa: E402
 from models.variants import released_vae_config, variant_for  # noqa: E402
@@ -106,7 +106,7 @@ def _random_(tensor: torch.Tensor, name: str, generator: torch.Generator) -> tor
 def materialize(module: nn.Module, device, dtype, generator, hold=lambda name: None, home=lambda name: None):
     """Fill a meta-device module with random tensors created on `device` one at a time. hold(name) -> storage dtype
     (None = `dtype`; fp8 with a per-tensor scale for ScaledLinear weights); home(name) -> "host" moves that tensor to
-    pinned host memory (offloaded parts), else it stays on `device`."""
+    host memory (offloaded parts; the offload code pins it as in a real run), else it stays on `device`."""
     for module_name, owner in module.named_modules():
         for attr, meta in list(owner._parameters.items()):
             if meta is None:
@@ -118,7 +118,7 @@ def materialize(module: nn.Module, device, dtype, generator, hold=lambda name: N
                 tensor, scale = quantize_scaled(tensor, held)
             tensor = tensor.to(held)
             if home(name) == "host" and tensor.device.type == "cuda":
-                tensor = tensor.to("cpu", non_blocking=False).pin_memory()
+                tensor = tensor.to("cpu")  # pageable, as the loader leaves it: offload pins it (models/offload.py)
             owner._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
             if scale is not None:
                 owner.register_buffer("weight_scale", scale.to(tensor.device), persistent=False)
@@ -355,6 +355,7 @@ def _run_mode(mode, setup, params, plan, blocks, layers, args, flops, peak, rows
         model = build_transformer(params, blocks, device, setup.dtype, storage, fp8_mode, host_blocks=host)
         block_bytes = sum(t.numel() * t.element_size() for t in model.transformer_blocks[0].parameters())
         if mode == "model_cpu_offload":
+            Placement(model, device, OffloadStats(), pin_memory=True)  # the first run pins (counted in the RSS)
             start = time.perf_counter()
             with on_device(model, device):
                 _sync(device)
@@ -453,18 +454,39 @@ def run_compile(setup: Setup, label: str, size, budget: Budget, out: dict) -> No
     print(f"RESULT {key}_compiled_over_eager={compiled_s / eager_s:.4g}", flush=True)
 
 
+def run_profile(setup: Setup, label: str, size, out: dict, blocks: int = 2) -> None:
+    """Where the eager time of a bf16 block goes: the kernels of `blocks` blocks under torch.profiler, grouped by
+    name, largest first (what torch.compile or a fused kernel would have to win back)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    _, _, params = setup.models[label]
+    device = setup.device
+    args = inputs(params, *size, device, setup.dtype)
+    model = build_transformer(params, blocks, device, setup.dtype, "bf16")
+    time_forward(model, args, device, 1)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof, torch.inference_mode():
+        model(*args)
+        _sync(device)
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort, row_limit=30, max_name_column_width=70)
+    print(table, flush=True)
+    out[f"{_key(label, *size)}_profile_{blocks}_blocks"] = table
+
+
 @contextlib.contextmanager
 def card_cap(setup: Setup, card_bytes: int):
     """The simulated card: the allocator may hold at most card − CUDA reserve (what the planner budgets)."""
     if setup.device.type != "cuda":
         yield
         return
-    total = torch.cuda.get_device_properties(setup.device).total_memory
-    torch.cuda.set_per_process_memory_fraction(min(1.0, (card_bytes - memory.CUDA_RESERVE) / total), setup.device)
+    index = setup.device.index if setup.device.index is not None else torch.cuda.current_device()
+    total = torch.cuda.get_device_properties(index).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, (card_bytes - memory.CUDA_RESERVE) / total), index)
     try:
         yield
     finally:
-        torch.cuda.set_per_process_memory_fraction(1.0, setup.device)
+        torch.cuda.set_per_process_memory_fraction(1.0, index)
 
 
 def _peak(peaks: Peaks, host_base: int) -> int:
@@ -608,6 +630,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="JSON file (default benchmarks/results/gpu-<date>-<card>.json)")
     parser.add_argument("--budget-s", type=float, default=None, help="time budget (default 480 s; tiny 300 s)")
     parser.add_argument("--blocks", type=int, default=8, help="transformer blocks built for the per-mode timings")
+    parser.add_argument("--only", default="", help="comma-separated parts of section names to run (default: all)")
+    parser.add_argument("--profile", action="store_true", help="also print a kernel profile of two bf16 blocks")
     args = parser.parse_args()
     if not args.tiny and not torch.cuda.is_available():
         sys.exit("benchmarks/gpu.py needs a CUDA GPU (torch sees none); run with --tiny for the CPU check")
@@ -628,13 +652,18 @@ def main() -> None:
 
     def section(what: str, run, *run_args, **run_kwargs) -> None:
         """One guarded section, then the JSON is rewritten: a run cut short still leaves every figure so far."""
+        if only and not any(part in what for part in only):
+            return
         with guarded(what, setup.device, errors):
             run(*run_args, **run_kwargs)
         out.write_text(json.dumps(results, indent=1, default=str))
 
     # In order of importance, so a short budget keeps the figures the README and the issue's targets need.
+    only = [part.strip() for part in args.only.split(",") if part.strip()]
     labels = list(setup.models)
     first_size, *other_sizes = setup.sizes
+    if args.profile:
+        section("profile", run_profile, setup, labels[0], first_size, results["speed_options"])
     section("modes 12b headline", run_modes, setup, labels[0], first_size, budget, peak, results["modes"], errors)
     section("attention backends", run_attention, setup, labels[0], first_size, results["speed_options"])
     for row in setup.plan_rows:

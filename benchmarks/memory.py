@@ -102,7 +102,7 @@ def _pin_child(megabytes: int) -> None:
     from torch import nn
 
     sys.path.insert(0, str(REPO_ROOT))
-    from models.offload import OffloadStats, Placement
+    from models.offload import OffloadStats, PinnedArena, Placement
 
     layers = max(1, megabytes * 2**20 // (1024 * 1024 * 4))
     with torch.device("meta"):
@@ -113,7 +113,9 @@ def _pin_child(megabytes: int) -> None:
         parameter.data.fill_(0.5)  # touch every page
     # the weights' real host footprint (allocator and thread-pool start-up included), measured like the peak
     weights = max(_rss(), _peak_rss()) - before
-    Placement(module, "cpu", OffloadStats(), pin_memory=True, pin=lambda t: t.clone())
+    # the arena the loader pins through, with plain host memory standing in for pinned chunks
+    arena = PinnedArena.for_modules([module], allocate=lambda nbytes: torch.empty(nbytes, dtype=torch.uint8))
+    Placement(module, "cpu", OffloadStats(), pin_memory=True, arena=arena)
     print(json.dumps({"peak": _peak_rss() - before, "weights": weights}))
 
 

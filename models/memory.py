@@ -335,9 +335,20 @@ def release_host_memory() -> None:
     import sys
 
     gc.collect()
+    _empty_pinned_cache()
     if not sys.platform.startswith("linux"):
         return
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def _empty_pinned_cache() -> None:
+    """torch keeps freed pinned (page-locked) host blocks cached for reuse; after an offloaded model is released they
+    would stay locked in RAM for the rest of the session. Only where CUDA is already running (never starts it)."""
+    import torch
+
+    empty = getattr(torch._C, "_host_emptyCache", None)
+    if empty is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        empty()

@@ -9,7 +9,7 @@ import torch
 
 from models import pipeline
 from models.checkpoint import detect
-from models.offload import BlockSwap, OffloadStats, on_device, transformer_placement
+from models.offload import BlockSwap, OffloadStats, PinnedArena, Placement, on_device, transformer_placement
 from models.quant import load_transformer_fp8
 from models.transformer import load_transformer
 
@@ -90,3 +90,51 @@ def test_model_offload_runs_on_a_device_copy_and_returns_home(tiny_root):
     assert model.proj_out.weight.data_ptr() == home
     assert stats.module_loads == 1
     assert stats.bytes_moved == sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+# -- pinned arena: pinning costs the weights, not the allocator's power-of-two rounding ----------------------------
+
+
+def _recording_allocator(sizes):
+    def allocate(nbytes):
+        sizes.append(nbytes)
+        return torch.empty(nbytes, dtype=torch.uint8)  # a CPU stand-in for pinned memory
+
+    return allocate
+
+
+def test_arena_packs_tensors_into_power_of_two_chunks_and_keeps_values():
+    g = torch.Generator().manual_seed(0)
+    # the 12B's shapes scaled down: one big feed-forward weight per block, several square ones, vectors, fp8 and bf16
+    tensors = [torch.randn(96, 384, generator=g).to(torch.bfloat16), torch.randn(96, 96, generator=g),
+               torch.randn(96, generator=g).to(torch.bfloat16), torch.randn(384, 96, generator=g).to(torch.float8_e4m3fn),
+               torch.randn(7, generator=g)] * 6  # fmt: skip
+    sizes = []
+    arena = PinnedArena(max(t.numel() * t.element_size() for t in tensors), _recording_allocator(sizes))
+    placed = [arena.place(t) for t in tensors]
+    for original, copy in zip(tensors, placed):
+        assert copy.dtype == original.dtype and copy.shape == original.shape
+        assert torch.equal(copy.view(torch.uint8), original.view(torch.uint8))  # bit-exact, fp8 included
+        base = next(c.data_ptr() for c, _ in arena.chunks if c.untyped_storage().data_ptr() == copy.untyped_storage().data_ptr())
+        assert (copy.data_ptr() - base) % PinnedArena.ALIGN == 0
+    assert all(size & (size - 1) == 0 for size in sizes)  # nothing for the pinned allocator to round up
+    weights = sum(t.numel() * t.element_size() for t in tensors)
+    # every chunk but the last is filled: the waste is below one chunk (plus alignment of each piece)
+    assert arena.allocated_bytes <= weights + arena.chunk_bytes + PinnedArena.ALIGN * len(tensors)
+    offsets = sorted((c.data_ptr(), c.data_ptr() + c.numel() * c.element_size()) for c in placed)
+    assert all(end <= start for (_, end), (start, _) in zip(offsets, offsets[1:]))  # no two pieces overlap
+
+
+def test_placement_pins_through_one_arena_shared_by_the_blocks(tiny_root):
+    model = _load(tiny_root, None)
+    sizes = []
+    arena = PinnedArena.for_modules(model.transformer_blocks, _recording_allocator(sizes))
+    before = [p.clone() for p in model.transformer_blocks.parameters()]
+    for block in model.transformer_blocks:
+        Placement(block, "cpu", OffloadStats(), pin_memory=True, arena=arena)
+    after = list(model.transformer_blocks.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    weights = sum(p.numel() * p.element_size() for p in after)
+    assert len(sizes) == len(arena.chunks) and arena.allocated_bytes < weights + arena.chunk_bytes + 512 * len(after)
+    chunk_storages = {c.untyped_storage().data_ptr() for c, _ in arena.chunks}
+    assert all(p.untyped_storage().data_ptr() in chunk_storages for p in after)  # the parameters ARE arena pieces

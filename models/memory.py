@@ -330,18 +330,13 @@ def oom_advice(mode: str, storage: str, width: int, height: int, frames: int, st
 def release_host_memory() -> None:
     """Collect garbage and hand freed heap back to the OS: glibc keeps freed large blocks of a long-lived process in
     its arenas (RSS creeps up run after run); malloc_trim(0) returns them. A no-op beyond gc elsewhere."""
-    import ctypes
     import gc
-    import sys
+
+    from .offload import trim_heap
 
     gc.collect()
     _empty_pinned_cache()
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    trim_heap()
 
 
 def _empty_pinned_cache() -> None:

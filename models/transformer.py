@@ -133,8 +133,10 @@ class Attention(nn.Module):
         self.to_out = nn.ModuleList([ops.Linear(dim, dim)])
 
     def qkv(self, x: torch.Tensor):
-        q, k, v = (rearrange(p(x), "b n (h d) -> b h n d", h=self.heads) for p in (self.to_q, self.to_k, self.to_v))
-        return self.norm_q(q), self.norm_k(k), v
+        """[B, N, dim] -> q, k, v [B, heads, N, head_dim]. The qk-norm runs on the projections as they come out,
+        [B, N, heads, head_dim] (the same rows, so the same numbers, without a transposed copy first)."""
+        q, k, v = (p(x).unflatten(-1, (self.heads, -1)) for p in (self.to_q, self.to_k, self.to_v))
+        return tuple(rearrange(t, "b n h d -> b h n d") for t in (self.norm_q(q), self.norm_k(k), v))
 
 
 class FeedForward(nn.Module):

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:  # names for the annotations only: importing either module here would load torch.distributed
+    from .parallel import ParallelGroups
+    from .teacache import TeaCache
 
 
 @dataclass(frozen=True)
@@ -27,9 +31,9 @@ class TransformerOptions:
     """
 
     step_index: int | None = None
-    teacache: object | None = None
+    teacache: TeaCache | None = None
     interrupt: Callable[[], None] | None = None
-    parallel: object | None = None
+    parallel: ParallelGroups | None = None
 
     def replace(self, **changes) -> "TransformerOptions":
         """A copy with `changes` applied (the options are frozen: wrappers never change the caller's object)."""

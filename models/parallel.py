@@ -25,6 +25,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from einops import rearrange
 
+from .transformer_options import NO_OPTIONS, TransformerOptions
+
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # q, k, v [B, heads, tokens, D]
 
 
@@ -222,7 +224,7 @@ class ParallelTransformer:
     def __getattr__(self, name):  # compute_dtype, params, ... of the wrapped model
         return getattr(self.model, name)
 
-    def __call__(self, latents, timestep, text, text_t5=None, *, interrupt=None, teacache=None, **kwargs):
+    def __call__(self, latents, timestep, text, text_t5=None, *, options: TransformerOptions | None = None, **kwargs):
         groups = self.groups
         batch = latents.shape[0]
         split = groups.cfg_size == 2 and batch % 2 == 0  # batch 1 (no CFG): both CFG ranks compute it
@@ -233,11 +235,14 @@ class ParallelTransformer:
             timestep = torch.as_tensor(timestep)
             timestep = half(timestep) if timestep.ndim and timestep.shape[0] == batch else timestep
             kwargs.update({name: half(kwargs.get(name)) for name in self.BATCHED})
-        if teacache is not None:
-            teacache.relative_l1 = global_relative_l1
+        options = NO_OPTIONS if options is None else options
+        if options.teacache is not None:
+            options.teacache.relative_l1 = global_relative_l1
+        interrupt = options.interrupt
         if interrupt is not None and groups.world_size > 1:
             interrupt = AgreedInterrupt(interrupt, latents.device)
-        out = self.model(latents, timestep, text, interrupt=interrupt, teacache=teacache, parallel=groups, **kwargs)
+        options = options.replace(interrupt=interrupt, parallel=groups)
+        out = self.model(latents, timestep, text, options=options, **kwargs)
         if split:
             out = torch.cat(_all_gather(groups.stats, groups.cfg_group, out, 2), dim=0)
         return out

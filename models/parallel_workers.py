@@ -31,6 +31,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .transformer_options import NO_OPTIONS, TransformerOptions
+
 PACK_ROOT = Path(__file__).resolve().parent.parent
 AUTHKEY_ENV = "EASYANIMATE_WORKER_AUTHKEY"
 
@@ -229,14 +231,16 @@ class RemoteTransformer(nn.Module):
         super().__init__()
         self.pool = pool
 
-    def forward(self, latents, timestep, text, text_t5=None, *, interrupt=None, teacache=None, step_index=None,
+    def forward(self, latents, timestep, text, text_t5=None, *, options: TransformerOptions | None = None,
                 **conditions):  # fmt: skip
+        options = NO_OPTIONS if options is None else options
+        teacache, step_index = options.teacache, options.step_index
         cpu = lambda t: t if not isinstance(t, torch.Tensor) else t.detach().cpu()  # noqa: E731
         inputs = {"latents": cpu(latents), "timestep": cpu(torch.as_tensor(timestep)), "text": cpu(text),
                   "text_t5": cpu(text_t5), "step_index": step_index, **{k: cpu(v) for k, v in conditions.items()}}
         if teacache is not None:  # the workers keep their own TeaCache state, with these settings
             inputs["teacache"] = (teacache.coefficients, teacache.threshold, teacache.num_steps, teacache.skip_start)
-        prediction, computed = self.pool.call(inputs, interrupt)
+        prediction, computed = self.pool.call(inputs, options.interrupt)
         if teacache is not None:
             (teacache.computed_steps if computed else teacache.skipped_steps).append(step_index)
         return prediction.to(latents.device)
@@ -340,6 +344,7 @@ def worker_main(config: dict) -> int:
             continue
         inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in payload[0].items()}
         teacache = _teacache_for(teacache, inputs.pop("teacache", None))
+        step_index = inputs.pop("step_index", None)
 
         def interrupt(call_id=call_id):
             while connection.poll():
@@ -349,8 +354,9 @@ def worker_main(config: dict) -> int:
 
         try:
             with torch.no_grad():
-                out = parallel(**inputs, teacache=teacache, interrupt=interrupt)
-            computed = teacache is None or teacache.computed_steps[-1:] == [inputs["step_index"]]
+                options = TransformerOptions(step_index=step_index, teacache=teacache, interrupt=interrupt)
+                out = parallel(**inputs, options=options)
+            computed = teacache is None or teacache.computed_steps[-1:] == [step_index]
             _send(connection, ("result", (out.cpu(), computed) if rank == 0 else None))
         except InterruptedError:
             print(f"EasyAnimate parallel worker {rank}: interrupted", flush=True)

@@ -18,6 +18,7 @@ from .camera import CameraPath, camera_rays
 from .editing import keep_start_frames
 from .schedulers import make_scheduler, randn
 from .teacache import TeaCache, coefficients_for
+from .transformer_options import TransformerOptions
 
 LATENT_CHANNELS = 16
 SPATIAL_RATIO = 8  # VAE
@@ -212,10 +213,9 @@ def denoise(
             interrupt()
         model_input = sampler.scale_input(torch.cat([latents] * copies), i)
         timestep = sampler.model_timestep(i, model_input.shape[0], dtype)
-        extra = {} if teacache is None else {"teacache": teacache, "step_index": i}
-        prediction = transformer(
-            model_input, timestep, text[0], text[1] if len(text) > 1 else None, interrupt=interrupt, **cond, **extra
-        )
+        options = TransformerOptions(step_index=i, teacache=teacache, interrupt=interrupt)
+        text_t5 = text[1] if len(text) > 1 else None
+        prediction = transformer(model_input, timestep, text[0], text_t5, **cond, options=options)
         if do_cfg:
             uncond, positive = prediction.chunk(2)
             prediction = guidance(uncond, positive, guidance_scale, guidance_rescale)

@@ -21,6 +21,7 @@ from torch import nn
 
 from . import ops as default_ops
 from .rope import apply_rope, video_rope
+from .transformer_options import NO_OPTIONS, TransformerOptions
 
 
 @dataclass(frozen=True)
@@ -231,10 +232,7 @@ class EasyAnimateTransformer(nn.Module):
         inpaint_latents: torch.Tensor | None = None,
         control_latents: torch.Tensor | None = None,
         ref_latents: torch.Tensor | None = None,
-        interrupt: Callable[[], None] | None = None,
-        teacache=None,
-        step_index: int | None = None,
-        parallel=None,
+        options: TransformerOptions | None = None,
     ) -> torch.Tensor:
         """Predict [B, out_channels, F, H, W] in `latents.dtype` (the compute dtype).
 
@@ -247,12 +245,8 @@ class EasyAnimateTransformer(nn.Module):
         text: [B, S, text_embed_dim] (V5: Bert features; V5.1: Qwen2-VL features); text_t5: [B, S5, text_embed_dim_t5]
           mT5 features, V5 only. No text mask: padded tokens take part as real tokens (docs/faithfulness.md, text
           streams).
-        interrupt: called between blocks; it raises to abort.
-        teacache: optional models.teacache.TeaCache (duck-typed: should_compute / store / apply); it decides from
-          block 0's modulated video tokens whether the blocks run or the cached residual is reused
-          (docs/faithfulness.md, TeaCache).
-        parallel: optional models.parallel.ParallelGroups; this rank then runs its shard of the video tokens and
-          the output is gathered after proj_out (docs/parallel.md).
+        options: the run's hooks — step index, TeaCache, interrupt, parallel layout (models/transformer_options.py);
+          None is a plain call.
         """
         p = self.params
         batch, _, frames, height, width = latents.shape
@@ -276,21 +270,22 @@ class EasyAnimateTransformer(nn.Module):
         text = self._embed_text(text.to(dtype), None if text_t5 is None else text_t5.to(dtype))
         rope = video_rope(frames, grid_h, grid_w, p.attention_head_dim, device=latents.device)
         attention = None  # each block's injected attention
-        shard = None if parallel is None else parallel.sequence_shard(x.shape[1])
+        options = NO_OPTIONS if options is None else options
+        shard = options.sequence_shard(x.shape[1])
         if shard is not None:  # this rank's video tokens and their RoPE rows (docs/parallel.md)
             x, rope = shard.split(x), tuple(shard.split(t, dim=0) for t in rope)
             inner = self.transformer_blocks[0].attention
             attention = shard.attention(text.shape[1], p.num_attention_heads, inner)
 
+        teacache = options.teacache
         if teacache is not None and not teacache.should_compute(
-            step_index, self.transformer_blocks[0].norm1(x, text, emb)[0]
+            options.step_index, self.transformer_blocks[0].norm1(x, text, emb)[0]
         ):
             x = teacache.apply(x)  # patch-embedded tokens + cached (blocks + output norms) residual
         else:
             tokens = x
             for block in self.transformer_blocks:
-                if interrupt is not None:
-                    interrupt()
+                options.check_interrupt()
                 x, text = block(x, text, emb, rope, attention)
             x = self.norm_out(self.norm_final(x), emb)  # two LayerNorms in a row (docs/faithfulness.md, MMDiT blocks)
             if teacache is not None:

@@ -13,51 +13,48 @@ from .bridge import input_dir
 CAMERA = "EASYANIMATE_CAMERA"
 CATEGORY = "EasyAnimate/camera"
 _PRESET_NAMES = list(PRESETS)
+_PRESET_TOOLTIP = "The official CameraCtrl presets; ACW/CW roll the camera."
 _SPEED = ("FLOAT", {
     "default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05,
     "tooltip": "1 = the official move (π/3 rotation or 1.5 units of travel over the clip).",
 })  # fmt: skip
 
 
-def _preset_choice(tooltip: str = "The official CameraCtrl presets; ACW/CW roll the camera."):
-    return (_PRESET_NAMES, {"default": "Static", "tooltip": tooltip})
+class _CameraNode:
+    """What every camera node shares: its category and its one EASYANIMATE_CAMERA output."""
 
-
-class EasyAnimateCameraPreset:
     CATEGORY = CATEGORY
     FUNCTION = "build"
     RETURN_TYPES = (CAMERA,)
     RETURN_NAMES = ("camera",)
+
+
+class _PresetMove(_CameraNode):
+    """One camera move from the preset widgets named in `PRESET_INPUTS`, then a speed; several presets add up."""
+
+    PRESET_INPUTS: tuple[str, ...] = ()
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        choice = {"default": "Static", "tooltip": _PRESET_TOOLTIP}
+        presets = {name: (_PRESET_NAMES, dict(choice)) for name in cls.PRESET_INPUTS}
+        return {"required": {**presets, "speed": _SPEED}}
+
+    def build(self, speed, **presets):
+        return (preset_path([presets[name] for name in self.PRESET_INPUTS], speed),)
+
+
+class EasyAnimateCameraPreset(_PresetMove):
     DESCRIPTION = "A preset camera move (pan, zoom, roll) over the whole clip, for a Control-Camera model."
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"preset": _preset_choice(), "speed": _SPEED}}
-
-    def build(self, preset, speed):
-        return (preset_path(preset, speed),)
+    PRESET_INPUTS = ("preset",)
 
 
-class EasyAnimateCameraCombine:
-    CATEGORY = CATEGORY
-    FUNCTION = "build"
-    RETURN_TYPES = (CAMERA,)
-    RETURN_NAMES = ("camera",)
+class EasyAnimateCameraCombine(_PresetMove):
     DESCRIPTION = "Up to four presets at once (e.g. Pan Left + Zoom In): their rotations and translations add."
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {**{f"preset_{k}": _preset_choice() for k in range(1, 5)}, "speed": _SPEED}}
-
-    def build(self, preset_1, preset_2, preset_3, preset_4, speed):
-        return (preset_path([preset_1, preset_2, preset_3, preset_4], speed),)
+    PRESET_INPUTS = ("preset_1", "preset_2", "preset_3", "preset_4")
 
 
-class EasyAnimateCameraJoin:
-    CATEGORY = CATEGORY
-    FUNCTION = "build"
-    RETURN_TYPES = (CAMERA,)
-    RETURN_NAMES = ("camera",)
+class EasyAnimateCameraJoin(_CameraNode):
     DESCRIPTION = (
         "Plays one camera move after another; the second continues from where the first ends. Preset moves share "
         "the sampler's frames equally; pose files keep their own length."
@@ -71,11 +68,7 @@ class EasyAnimateCameraJoin:
         return (first.then(then),)
 
 
-class EasyAnimateCameraIntrinsics:
-    CATEGORY = CATEGORY
-    FUNCTION = "build"
-    RETURN_TYPES = (CAMERA,)
-    RETURN_NAMES = ("camera",)
+class EasyAnimateCameraIntrinsics(_CameraNode):
     DESCRIPTION = (
         "Sets the lens for every frame: focal lengths and principal point as fractions of the frame width/height "
         "(defaults as the official node; they refer to a 1280×720 frame and are aspect-corrected at sampling)."
@@ -101,11 +94,8 @@ class EasyAnimateCameraIntrinsics:
         return (camera.with_intrinsics(fx, fy, cx, cy),)
 
 
-class EasyAnimateCameraPoseFile:
-    CATEGORY = CATEGORY
+class EasyAnimateCameraPoseFile(_CameraNode):
     FUNCTION = "load"
-    RETURN_TYPES = (CAMERA,)
-    RETURN_NAMES = ("camera",)
     DESCRIPTION = (
         "Loads a CameraCtrl / RealEstate10K pose file (.txt: a URL line, then 'time fx fy cx cy 0 0' + 12 "
         "world-to-camera numbers per frame) from ComfyUI's input/ or input/camera_poses/ folder. Files recorded at "

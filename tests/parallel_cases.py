@@ -47,9 +47,10 @@ class Recorder:
     def __init__(self, transformer):
         self.transformer, self.teacache, self.accumulated = transformer, None, []
 
-    def __call__(self, *args, teacache=None, **kwargs):
+    def __call__(self, *args, options=None, **kwargs):
+        teacache = None if options is None else options.teacache
         self.teacache = teacache or self.teacache
-        out = self.transformer(*args, teacache=teacache, **kwargs)
+        out = self.transformer(*args, options=options, **kwargs)
         if teacache is not None:
             self.accumulated.append(teacache.accumulated)
         return out

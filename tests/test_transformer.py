@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from models.checkpoint import diffusers_to_original_key
 from models.rope import apply_rope, crop_region, video_rope
 from models.transformer import Block, EasyAnimateTransformer, TransformerParams
+from models.transformer_options import TransformerOptions
 from models.variants import VARIANTS
 
 HEADS, HEAD_DIM, TIME_DIM = 2, 16, 24
@@ -197,7 +198,7 @@ def test_interrupt_is_called_before_every_block_and_can_abort():
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt), torch.no_grad():
-        ours(**inputs("v5", "inp", 1, (8, 12)), interrupt=interrupt)
+        ours(**inputs("v5", "inp", 1, (8, 12)), options=TransformerOptions(interrupt=interrupt))
     assert calls == [0, 1]
 
 
@@ -407,10 +408,11 @@ def test_teacache_with_zero_threshold_computes_every_step_exactly():
 
     ours, _ = model_pair("v5.1", "inp")
     cache = TeaCache(coefficients=(0.0, 0.0, 0.0, 1.0, 0.0), threshold=0.0, num_steps=3)
+    at = lambda step: TransformerOptions(teacache=cache, step_index=step)  # noqa: E731
     with torch.no_grad():
         for step, t in enumerate([999.0, 500.0, 1.0]):
             x = {**inputs("v5.1", "inp", 2, (8, 12), seed=step), "timestep": torch.tensor([t, t])}
-            assert torch.equal(ours(**x, teacache=cache, step_index=step), ours(**x))
+            assert torch.equal(ours(**x, options=at(step)), ours(**x))
     assert cache.computed_steps == [0, 1, 2]
 
 
@@ -421,11 +423,12 @@ def test_teacache_skipped_step_reuses_the_residual_of_blocks_and_output_norms():
     x, y = inputs("v5.1", "inp", 2, (8, 12)), inputs("v5.1", "inp", 2, (8, 12), seed=7)
     with torch.no_grad():
         cache = TeaCache(coefficients=(0.0, 0.0, 0.0, 1.0, 0.0), threshold=1e9, num_steps=3)
-        first = ours(**x, teacache=cache, step_index=0)
-        same = ours(**x, teacache=cache, step_index=1)  # same tokens + cached residual = the same output
-        last = ours(**x, teacache=cache, step_index=2)  # the last step always computes
+        at = lambda step: TransformerOptions(teacache=cache, step_index=step)  # noqa: E731
+        first = ours(**x, options=at(0))
+        same = ours(**x, options=at(1))  # same tokens + cached residual = the same output
+        last = ours(**x, options=at(2))  # the last step always computes
         assert cache.computed_steps == [0, 2] and cache.skipped_steps == [1]
-        ours(**x, teacache=cache, step_index=0)
-        moved = ours(**y, teacache=cache, step_index=1)  # new tokens, old residual: not a full forward
+        ours(**x, options=at(0))
+        moved = ours(**y, options=at(1))  # new tokens, old residual: not a full forward
     assert rel_err(same, first) <= 1e-6 and torch.equal(last, first)
     assert rel_err(moved, ours(**y)) > 1e-2

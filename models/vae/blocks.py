@@ -167,36 +167,38 @@ class MidBlock(nn.Module):
         return x
 
 
-class DownBlock(nn.Module):
+class _ResnetStage(nn.Module):
+    """One level of the encoder or decoder: `layers` resnets (the first changes the width in_channels ->
+    out_channels), then a resampler, spatio-temporal when `kind` says so. The final level has none, so V5's three
+    "Temporal" levels compress time only 4x (docs/faithfulness.md, VAE). The resampler is kept under the attribute
+    name the released weights use (`resampler_name`)."""
+
+    resampler_name: str
+    resampler_class: type
+    spatiotemporal_kind: str
+
     def __init__(self, in_channels: int, out_channels: int, layers: int, groups: int, kind: str, final: bool,
                  ops=None) -> None:
         super().__init__()
         ops = default_ops.resolve(ops)
         self.convs = nn.ModuleList(
             ResnetBlock(in_channels if i == 0 else out_channels, out_channels, groups, ops) for i in range(layers))
-        # the final level never down-samples, so V5's three "Temporal" levels compress time only 4x
-        # (docs/faithfulness.md, VAE)
-        self.downsampler = None if final else Downsampler(out_channels, kind == SPATIOTEMPORAL_DOWN, ops)
+        temporal = kind == self.spatiotemporal_kind
+        setattr(self, self.resampler_name, None if final else self.resampler_class(out_channels, temporal, ops))
 
     def forward(self, x: torch.Tensor, state: CausalState) -> torch.Tensor:
         for resnet in self.convs:
             x = resnet(x, state)
-        return x if self.downsampler is None else self.downsampler(x, state)
+        resampler = getattr(self, self.resampler_name)
+        return x if resampler is None else resampler(x, state)
 
 
-class UpBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, layers: int, groups: int, kind: str, final: bool,
-                 ops=None) -> None:
-        super().__init__()
-        ops = default_ops.resolve(ops)
-        self.convs = nn.ModuleList(
-            ResnetBlock(in_channels if i == 0 else out_channels, out_channels, groups, ops) for i in range(layers))
-        self.upsampler = None if final else Upsampler(out_channels, kind == SPATIOTEMPORAL_UP, ops)
+class DownBlock(_ResnetStage):
+    resampler_name, resampler_class, spatiotemporal_kind = "downsampler", Downsampler, SPATIOTEMPORAL_DOWN
 
-    def forward(self, x: torch.Tensor, state: CausalState) -> torch.Tensor:
-        for resnet in self.convs:
-            x = resnet(x, state)
-        return x if self.upsampler is None else self.upsampler(x, state)
+
+class UpBlock(_ResnetStage):
+    resampler_name, resampler_class, spatiotemporal_kind = "upsampler", Upsampler, SPATIOTEMPORAL_UP
 
 
 class Encoder(nn.Module):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import psutil
 import pytest
+import torch
 from test_comfyui_video import graph, read_video, run_ok
 
 SWITCH_MODEL = "tiny-EasyAnimateV5.1-12b-zh-diffusers"  # used by no other server test: its first load is here
@@ -58,6 +59,31 @@ def test_text_encoder_strength_is_the_strength_times_the_ratio(pack, lora_nodes,
     assert [s for _, s in node.apply(model, "te.safetensors", 0.6)[0].text_loras] == [0.6]  # default: same strength
     assert [s for _, s in node.apply(model, "te.safetensors", 0.6, text_encoder_ratio=0.5)[0].text_loras] == [0.3]
     assert [s for _, s in node.apply(model, "te.safetensors", 0.6, text_encoder_ratio=0.0)[0].text_loras] == [0.0]
+
+
+def test_the_text_encode_node_encodes_through_the_lora_nodes_text_encoder_part(pack, lora_nodes, tiny_root, tmp_path,
+                                                                              monkeypatch):  # fmt: skip
+    """Loader output -> LoRA node -> Text Encode node: the Bert stream changes, mT5's does not; ratio 0 is the base."""
+    import importlib
+
+    from tiny_loras import make_lora
+
+    open_model = importlib.import_module(f"{pack.__name__}.models.components").open_model
+    encode_node = importlib.import_module(f"{pack.__name__}.nodes.text").EasyAnimatePromptEncode()
+    model_dir = tiny_root / "tiny-EasyAnimateV5-12b-zh"
+    file = make_lora(model_dir, "kohya_te", seed=21).save(tmp_path / "te.safetensors")
+    monkeypatch.setattr(lora_nodes, "resolve_lora", lambda name: file)
+    model = open_model(model_dir, "fp32")
+
+    def bert_and_t5(source):
+        return encode_node.encode(source, "a lighthouse in a storm", "")["result"][0].positive
+
+    base = bert_and_t5(model)
+    with_te = bert_and_t5(lora_nodes.EasyAnimateLora().apply(model, "te.safetensors", 1.0)[0])
+    off = bert_and_t5(lora_nodes.EasyAnimateLora().apply(model, "te.safetensors", 1.0, text_encoder_ratio=0.0)[0])
+    assert not torch.equal(with_te[0], base[0]) and torch.equal(with_te[1], base[1])
+    assert torch.equal(off[0], base[0]) and torch.equal(off[1], base[1])
+    assert not model.text_encoder().loaded  # released after encoding, as without a LoRA
 
 
 # -- real server ------------------------------------------------------------------------------------------------------

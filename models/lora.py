@@ -192,7 +192,9 @@ def _linear_or_none(root: nn.Module, name: str | None) -> str | None:
     return name if isinstance(module, nn.Linear) else None
 
 
-PARTS = {"transformer": (target_name, "EasyAnimate transformer"), "text_encoder": (text_target_name, "V5 Bert text encoder")}
+# part of a LoRA -> (how an entry finds its Linear, what the messages call the model)
+PARTS = {"transformer": (target_name, "EasyAnimate transformer"),
+         "text_encoder": (text_target_name, "V5 Bert text encoder")}  # fmt: skip
 
 
 def match_lora(weights: LoraWeights, root: nn.Module, log: Callable[[str], None] = print,

@@ -3,20 +3,21 @@ the transformer for one sampling run without ever writing the base weights (docs
 
 Key formats read:
 - kohya (what EasyAnimate's own trainer writes): `lora_unet__<module path, "." replaced by "_">.lora_down.weight`,
-  `.lora_up.weight`, optional `.alpha`; `lora_te_…` entries belong to the V5 Bert text encoder. The `_`-joined path
-  is resolved against the module tree greedily, shortest attribute first, as the original loader does. Names written
-  against a `-diffusers` layout model (`attn1_add_q_proj`, `attn1_to_add_out`, …) are translated to ours.
+  `.lora_up.weight`, optional `.alpha`; `lora_te_…` entries belong to the V5 Bert text encoder (models/lora_text.py
+  applies them while prompts are encoded). The `_`-joined path is resolved against the module tree greedily, shortest
+  attribute first, as the original loader does. Names written against a `-diffusers` layout model
+  (`attn1_add_q_proj`, `attn1_to_add_out`, …) are translated to ours.
 - diffusers / PEFT: `transformer.<dotted path>.lora_A.weight` / `.lora_B.weight`, optional `.alpha`, in either layout.
 
-Scale per LoRA: strength · alpha / rank. A kohya file without alpha uses alpha = 1.0 (the original loader's rule); a
-PEFT file without alpha uses alpha = rank (diffusers' rule), i.e. scale = strength.
+Scale per LoRA: strength · alpha / rank. Without alpha the scale is strength · 1.0, in either format: the original
+loader's rule for kohya files and diffusers' default (lora_alpha = r) for PEFT files (docs/lora.md, missing alpha).
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -59,9 +60,7 @@ class LoraModule:
 
     @property
     def scale(self) -> float:
-        if self.alpha is not None:
-            return self.alpha / self.rank
-        return 1.0 / self.rank if self.file_format == "kohya" else 1.0
+        return 1.0 if self.alpha is None else self.alpha / self.rank  # docs/lora.md, missing alpha
 
 
 @dataclass
@@ -174,6 +173,16 @@ def target_name(entry: LoraModule, root: nn.Module) -> str | None:
     else:
         dotted = next((entry.key[len(p):] for p in PEFT_PREFIXES if entry.key.startswith(p)), entry.key)
         name = diffusers_to_original_key(dotted + ".weight")[: -len(".weight")]
+    return _linear_or_none(root, name)
+
+
+def text_target_name(entry: LoraModule, root: nn.Module) -> str | None:
+    """The Bert module path of one `lora_te_` entry (`lora_te_encoder_layer_0_attention_self_query` ->
+    encoder.layer.0.attention.self.query), resolved like the transformer's names; None when nothing matches."""
+    return _linear_or_none(root, resolve_kohya_name(root, entry.key[len(KOHYA_TEXT_PREFIX):]))
+
+
+def _linear_or_none(root: nn.Module, name: str | None) -> str | None:
     if name is None:
         return None
     try:
@@ -183,14 +192,24 @@ def target_name(entry: LoraModule, root: nn.Module) -> str | None:
     return name if isinstance(module, nn.Linear) else None
 
 
-def match_lora(weights: LoraWeights, root: nn.Module, log: Callable[[str], None] = print) -> dict[str, LoraModule]:
-    """{our Linear path: entry} for every transformer entry of `weights`; errors and warnings as docs/lora.md says.
+# part of a LoRA -> (how an entry finds its Linear, what the messages call the model)
+PARTS = {"transformer": (target_name, "EasyAnimate transformer"),
+         "text_encoder": (text_target_name, "V5 Bert text encoder")}  # fmt: skip
+
+
+def match_lora(weights: LoraWeights, root: nn.Module, log: Callable[[str], None] = print,
+               part: str = "transformer") -> dict[str, LoraModule]:  # fmt: skip
+    """{our Linear path: entry} for every entry of `weights` that belongs to `part` ("transformer", or
+    "text_encoder" with `root` the V5 Bert model); errors and warnings as docs/lora.md says.
 
     Nothing matched -> LoraError naming the first unmatched keys; a shape that does not fit -> LoraError naming the
-    layer and both shapes (a LoRA for another size or version); some entries unmatched -> a warning with counts."""
+    layer and both shapes (a LoRA for another size or version); some entries unmatched -> a warning with counts. A
+    LoRA with text-encoder entries only matches no transformer layer and no error is raised for that."""
+    entries = getattr(weights, part)
+    resolve, what = PARTS[part]
     matched, unmatched, mismatched = {}, [], []
-    for entry in weights.transformer.values():
-        name = target_name(entry, root)
+    for entry in entries.values():
+        name = resolve(entry, root)
         if name is None:
             unmatched.append(entry.key)
             continue
@@ -199,21 +218,20 @@ def match_lora(weights: LoraWeights, root: nn.Module, log: Callable[[str], None]
             mismatched.append(f"{name}: the model's layer is [{linear.out_features}, {linear.in_features}] "
                               f"(out, in), the LoRA's up @ down is [{entry.up.shape[0]}, {entry.down.shape[1]}]")
         matched[name] = entry
-    mismatched += [problem for key in unmatched if (problem := _other_model_problem(key, root))]
+    if part == "transformer":
+        mismatched += [problem for key in unmatched if (problem := _other_model_problem(key, root))]
     if mismatched:
         raise LoraError(f"{weights.name} does not fit this model ({len(mismatched)} entries; it was trained for "
                         "another EasyAnimate size or version):\n  " + "\n  ".join(mismatched[:5]))
-    if not matched:
+    if not matched and (entries or part == "text_encoder" or not weights.text_encoder):
         shown = unmatched[:5] or weights.unknown[:5]
-        raise LoraError(f"{weights.name}: none of its {len(weights.transformer)} transformer entries names a layer "
-                        f"of this EasyAnimate transformer (first unmatched: {shown}). Is it a LoRA for another model?")
-    if weights.text_encoder:  # docs/lora.md, not done yet
-        log(f"EasyAnimate LoRA warning: {weights.name}: its {len(weights.text_encoder)} text-encoder entries "
-            "(lora_te_) are not applied; only the transformer part of this LoRA is used.")
-    skipped = len(unmatched) + len(weights.unknown)
+        raise LoraError(f"{weights.name}: none of its {len(entries)} {part.replace('_', '-')} entries names a layer "
+                        f"of this {what} (first unmatched: {shown}). Is it a LoRA for another model?")
+    unknown = weights.unknown if part == "transformer" else []
+    skipped = len(unmatched) + len(unknown)
     if skipped:
-        log(f"EasyAnimate LoRA warning: {weights.name}: {len(matched)} of {len(matched) + skipped} entries applied; "
-            f"{skipped} unmatched (first: {(unmatched + weights.unknown)[:3]}).")
+        log(f"EasyAnimate LoRA warning: {weights.name} ({what}): {len(matched)} of {len(matched) + skipped} entries "
+            f"applied; {skipped} unmatched (first: {(unmatched + unknown)[:3]}).")
     return matched
 
 
@@ -263,8 +281,10 @@ def _weight_fp32(linear: nn.Module) -> torch.Tensor:
     return weight if scale is None else weight * scale.float().to(weight.device)
 
 
-def attach_loras(transformer: nn.Module, stack, merge: bool = False, log: Callable[[str], None] = print) -> int:
-    """Attach `stack`, (LoraWeights, strength) pairs, to the transformer's Linears; returns how many layers got one.
+def attach_loras(transformer: nn.Module, stack, merge: bool = False, log: Callable[[str], None] = print,
+                 part: str = "transformer") -> int:  # fmt: skip
+    """Attach `stack`, (LoraWeights, strength) pairs, to the transformer's Linears (part "text_encoder": their
+    `lora_te_` entries to the V5 Bert model given as `transformer`); returns how many layers got one.
 
     Unmerged (default): each targeted Linear gets `lora_down` / `lora_up` in the compute dtype (all stacked LoRAs
     concatenated on the rank axis, strength·alpha/rank folded into up in fp32 first). Merged: layer by layer, W and
@@ -274,7 +294,7 @@ def attach_loras(transformer: nn.Module, stack, merge: bool = False, log: Callab
     dtype = getattr(transformer, "compute_dtype", None)
     per_layer: dict[str, list[tuple[LoraModule, float]]] = {}
     for weights, strength in stack:
-        matched = match_lora(weights, transformer, log)
+        matched = match_lora(weights, transformer, log, part)
         if strength == 0:
             continue
         for name, entry in matched.items():
@@ -308,10 +328,11 @@ def detach_loras(transformer: nn.Module) -> int:
 
 
 @contextlib.contextmanager
-def loras_attached(transformer: nn.Module, stack, merge: bool = False, log: Callable[[str], None] = print):
+def loras_attached(transformer: nn.Module, stack, merge: bool = False, log: Callable[[str], None] = print,
+                   part: str = "transformer"):  # fmt: skip
     """Attach for the duration of the block; detached on exit, error and interrupt included."""
     try:
-        attach_loras(transformer, stack, merge, log)
+        attach_loras(transformer, stack, merge, log, part)
         yield transformer
     finally:
         detach_loras(transformer)
@@ -322,14 +343,17 @@ def loras_attached(transformer: nn.Module, stack, merge: bool = False, log: Call
 
 class LoraModel:
     """A ModelComponents seen through a LoRA stack: every attribute and component is the base's own (nothing is
-    loaded twice, nothing copied), except `placement`, which attaches the stack around the sampler's run.
+    loaded twice, nothing copied), except `placement`, which attaches the stack around the sampler's run, and
+    `text_encoder`, which applies the V5 `lora_te_` entries while prompts are encoded (models/lora_text.py).
 
-    Chaining LoRA nodes builds a new LoraModel on the same base with one more (LoraWeights, strength) entry; the
-    stack's tensors live as long as ComfyUI keeps that node's output."""
+    Chaining LoRA nodes builds a new LoraModel on the same base with one more (LoraWeights, strength) entry in
+    `loras` and one more (LoraWeights, text-encoder strength) in `text_loras`; the stack's tensors live as long as
+    ComfyUI keeps that node's output."""
 
-    def __init__(self, base, stack=(), merge: bool = False):
+    def __init__(self, base, stack=(), merge: bool = False, text_stack=None):
         self.base_components = getattr(base, "base_components", base)
         self.loras = tuple(getattr(base, "loras", ())) + tuple(stack)
+        self.text_loras = tuple(getattr(base, "text_loras", ())) + tuple(stack if text_stack is None else text_stack)
         self.merge = merge
 
     def __getattr__(self, name: str):  # only for names not set above: the shared components object answers
@@ -341,13 +365,63 @@ class LoraModel:
             with self.base_components.placement(transformer, device, stats) as placed:
                 yield placed
 
+    def text_encoder(self, device="cpu"):
+        """The base's text encoder; for V5 with text-encoder entries, a view of it that encodes through them."""
+        encoder = self.base_components.text_encoder(device=device)
+        stack = [(weights, strength) for weights, strength in self.text_loras if weights.text_encoder and strength]
+        if not stack or "bert" not in encoder.streams:
+            return encoder
+        from .lora_text import LoraTextEncoder
+
+        return LoraTextEncoder(encoder, stack)
+
     def __repr__(self) -> str:
         stack = ", ".join(f"{weights.name}×{strength:g}" for weights, strength in self.loras)
         return f"{self.base_components!r} + LoRA [{stack}]{' merged' if self.merge else ''}"
 
 
-def with_lora(model, weights: LoraWeights, strength: float, merge: bool = False, log: Callable[[str], None] = print):
+def with_lora(model, weights: LoraWeights, strength: float, merge: bool = False, log: Callable[[str], None] = print,
+              text_strength: float | None = None):  # fmt: skip
     """`model` (ModelComponents or LoraModel) plus one LoRA, checked against the transformer's module tree first (on
-    the meta device: nothing is loaded), so a LoRA for another model fails at its own node."""
+    the meta device: nothing is loaded), so a LoRA for another model fails at its own node. `text_strength` is the
+    multiplier of its `lora_te_` entries (None: `strength`, as the original plugin does; docs/lora.md)."""
+    text_strength = float(strength if text_strength is None else text_strength)
     match_lora(weights, meta_transformer(model.detection), log)
-    return LoraModel(model, [(weights, float(strength))], merge)
+    if weights.text_encoder and model.detection.version != "v5":
+        message = (f"{weights.name}: its {len(weights.text_encoder)} text-encoder entries (lora_te_) are for V5's "
+                   f"Bert encoder; this {model.detection.version.upper()} model encodes prompts with Qwen2-VL")
+        if not weights.transformer:
+            raise LoraError(message + ", so this LoRA changes nothing. Use it with a V5 model.")
+        if text_strength:
+            log(f"EasyAnimate LoRA warning: {message}: they are ignored, only the transformer part is used.")
+    return LoraModel(model, [(weights, float(strength))], merge, [(weights, text_strength)])
+
+
+# -- memory: what an attached stack adds to the transformer's weights --------------------------------------------------
+
+
+def lora_bytes(model) -> int:
+    """Bytes the model's LoRA stack attaches to the transformer for a run (0 without LoRAs): down + up of every
+    transformer entry in the compute dtype, or, in merge mode, one compute-dtype copy of every targeted layer. They
+    sit where their layer sits: on the device in gpu mode, with their block under block swap (docs/lora.md, cost)."""
+    stack = [(weights, strength) for weights, strength in getattr(model, "loras", ()) if strength]
+    if not stack:
+        return 0
+    itemsize = torch.empty((), dtype=model.dtype).element_size()
+    if getattr(model, "merge", False):
+        root = meta_transformer(model.detection)
+        layers = {name for weights, _ in stack for name in match_lora(weights, root, log=lambda line: None)}
+        return sum(root.get_submodule(name).weight.numel() for name in layers) * itemsize
+    return sum((entry.down.numel() + entry.up.numel()) * itemsize
+               for weights, _ in stack for entry in weights.transformer.values())  # fmt: skip
+
+
+def add_lora_bytes(weights, model):
+    """A copy of `weights` (models.memory.ModelBytes) with the model's LoRA bytes added to the transformer of every storage,
+    spread evenly over its blocks (a LoRA on every Linear is nearly all block layers)."""
+    extra = lora_bytes(model)
+    if not extra:
+        return weights
+    per_block = extra // max(weights.num_blocks, 1)
+    return replace(weights, transformer={label: total + extra for label, total in weights.transformer.items()},
+                   block={label: block + per_block for label, block in weights.block.items()})

@@ -166,10 +166,12 @@ def storage_label(model) -> str:
 
 def model_bytes(model, storages: tuple[str, ...]):
     """The memory model's ModelBytes for a ModelComponents (transformer headers; VAE/text from its folder)."""
+    from .lora import add_lora_bytes
     from .memory import model_bytes_for_transformer_files
 
     folder = model.companion if model.detection.layout == "single_file" else model.path
-    return model_bytes_for_transformer_files(model.path, model.dtype, storages, model.fp8_mode, model.version, folder)
+    weights = model_bytes_for_transformer_files(model.path, model.dtype, storages, model.fp8_mode, model.version, folder)
+    return add_lora_bytes(weights, model)  # an attached LoRA stack's tensors (docs/lora.md, cost)
 
 
 def gpu_peak(model, width: int, height: int, frames: int, cfg: bool = True) -> int:

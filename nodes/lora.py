@@ -46,8 +46,9 @@ class EasyAnimateLora:
     RETURN_TYPES = ("EASYANIMATE_MODEL",)
     RETURN_NAMES = ("model",)
     DESCRIPTION = (
-        "Adds a LoRA (kohya `lora_unet_` or diffusers/PEFT names, .safetensors from models/loras) to the model. Chain "
-        "several to stack them. The base weights are never changed: switching or removing a LoRA reloads nothing, "
+        "Adds a LoRA (kohya `lora_unet_` / `lora_te_` or diffusers/PEFT names, .safetensors from models/loras) to the "
+        "model; a V5 LoRA's text-encoder part applies when prompts are encoded from this output. Chain several to "
+        "stack them. The base weights are never changed: switching or removing a LoRA reloads nothing, "
         "and it works with fp8 storage and every memory mode. A LoRA made for another EasyAnimate size or version is "
         "refused with the layers that do not fit."
     )
@@ -66,14 +67,19 @@ class EasyAnimateLora:
                     "delta in forward: exact, any memory mode, fp8-safe. merge: the stack (up to this node) is merged "
                     "in fp32 into a compute-dtype copy of each targeted layer for the run — faster on a GPU, costs "
                     "that copy's memory.")}),
+                "text_encoder_ratio": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01, "tooltip": (
+                    "V5 only: strength of the LoRA's text-encoder part (lora_te_, Bert) as a multiple of `strength`. "
+                    "1 = the same strength, as the original EasyAnimate plugin applies; 0 = prompts are encoded "
+                    "without it. Connect the Text Encode node's model to this node's output for it to apply.")}),
             },
         }  # fmt: skip
 
-    def apply(self, model, lora_name, strength, apply=APPLY_MODES[0]):
+    def apply(self, model, lora_name, strength, apply=APPLY_MODES[0], text_encoder_ratio=1.0):
         from ..models.lora import load_lora_file, with_lora
 
         weights = load_lora_file(resolve_lora(lora_name))
-        return (with_lora(model, weights, strength, merge=apply == APPLY_MODES[1]),)
+        merge = apply == APPLY_MODES[1]
+        return (with_lora(model, weights, strength, merge, text_strength=strength * text_encoder_ratio),)
 
 
 NODE_CLASS_MAPPINGS = {"EasyAnimateLora": EasyAnimateLora}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import psutil
 import pytest
-
+import torch
 from test_comfyui_video import graph, read_video, run_ok
 
 SWITCH_MODEL = "tiny-EasyAnimateV5.1-12b-zh-diffusers"  # used by no other server test: its first load is here
@@ -46,6 +46,46 @@ def test_pickle_files_are_refused_by_name(lora_nodes, lora_dir):
         lora_nodes.resolve_lora("old.ckpt")
 
 
+def test_text_encoder_strength_is_the_strength_times_the_ratio(pack, lora_nodes, tiny_root, tmp_path, monkeypatch):
+    import importlib
+
+    from tiny_loras import make_lora
+
+    open_model = importlib.import_module(f"{pack.__name__}.models.components").open_model
+    model_dir = tiny_root / "tiny-EasyAnimateV5-12b-zh"
+    file = make_lora(model_dir, "kohya_te").save(tmp_path / "te.safetensors")
+    monkeypatch.setattr(lora_nodes, "resolve_lora", lambda name: file)
+    node, model = lora_nodes.EasyAnimateLora(), open_model(model_dir, "fp32")
+    assert [s for _, s in node.apply(model, "te.safetensors", 0.6)[0].text_loras] == [0.6]  # default: same strength
+    assert [s for _, s in node.apply(model, "te.safetensors", 0.6, text_encoder_ratio=0.5)[0].text_loras] == [0.3]
+    assert [s for _, s in node.apply(model, "te.safetensors", 0.6, text_encoder_ratio=0.0)[0].text_loras] == [0.0]
+
+
+def test_the_text_encode_node_encodes_through_the_lora_nodes_text_encoder_part(pack, lora_nodes, tiny_root, tmp_path,
+                                                                              monkeypatch):  # fmt: skip
+    """Loader output -> LoRA node -> Text Encode node: the Bert stream changes, mT5's does not; ratio 0 is the base."""
+    import importlib
+
+    from tiny_loras import make_lora
+
+    open_model = importlib.import_module(f"{pack.__name__}.models.components").open_model
+    encode_node = importlib.import_module(f"{pack.__name__}.nodes.text").EasyAnimatePromptEncode()
+    model_dir = tiny_root / "tiny-EasyAnimateV5-12b-zh"
+    file = make_lora(model_dir, "kohya_te", seed=21).save(tmp_path / "te.safetensors")
+    monkeypatch.setattr(lora_nodes, "resolve_lora", lambda name: file)
+    model = open_model(model_dir, "fp32")
+
+    def bert_and_t5(source):
+        return encode_node.encode(source, "a lighthouse in a storm", "")["result"][0].positive
+
+    base = bert_and_t5(model)
+    with_te = bert_and_t5(lora_nodes.EasyAnimateLora().apply(model, "te.safetensors", 1.0)[0])
+    off = bert_and_t5(lora_nodes.EasyAnimateLora().apply(model, "te.safetensors", 1.0, text_encoder_ratio=0.0)[0])
+    assert not torch.equal(with_te[0], base[0]) and torch.equal(with_te[1], base[1])
+    assert torch.equal(off[0], base[0]) and torch.equal(off[1], base[1])
+    assert not model.text_encoder().loaded  # released after encoding, as without a LoRA
+
+
 # -- real server ------------------------------------------------------------------------------------------------------
 
 
@@ -77,7 +117,8 @@ def test_node_lists_the_loras_folder_with_strength_from_minus_10_to_10(comfy_ser
     info = comfy_server.object_info()["EasyAnimateLora"]["input"]
     assert {LORA, PEFT_LORA} <= set(info["required"]["lora_name"][0])
     assert (info["required"]["strength"][1]["min"], info["required"]["strength"][1]["max"]) == (-10.0, 10.0)
-    assert list(info["optional"]) == ["apply"]
+    assert list(info["optional"]) == ["apply", "text_encoder_ratio"]  # appended: saved workflows keep their values
+    assert info["optional"]["text_encoder_ratio"][1]["default"] == 1.0
 
 
 def test_switching_and_removing_loras_is_bit_identical_to_runs_without_them_and_never_reloads(comfy_server):

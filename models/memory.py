@@ -16,12 +16,12 @@ from typing import Callable
 
 import torch
 
+from .defaults import PATCH_SIZE, TEXT_TOKENS, VAE_SPATIAL_SCALE, VAE_TEMPORAL_SCALE
 from .quant import FP8_DTYPES, storage_rule
 
 GIB = 1024**3
 CUDA_RESERVE = int(0.8 * GIB)  # CUDA context, allocator fragmentation, cuDNN workspaces (estimate)
 ACTIVATION_FACTOR = 20  # live [batch, tokens, inner_dim] tensors at a block's peak (x, text, q, k, v, attn, 4×FF, ...)
-TEXT_TOKENS = {"v5": 256 + 256, "v5.1": 256}  # Bert + mT5 / Qwen2-VL token counts (max_sequence_length)
 # Text encoder parameter counts of the released checkpoints (visual tower dropped for Qwen2-VL), from the HF repos.
 TEXT_ENCODER_PARAMS = {"v5": 102_000_000 + 1_670_000_000, "v5.1": 7_070_000_000}
 
@@ -118,9 +118,10 @@ def full_size_vae_bytes(version: str, dtype: torch.dtype) -> int:
 # -- activations ------------------------------------------------------------------------------------------------------
 
 
-def video_tokens(width: int, height: int, frames: int, patch_size: int = 2) -> int:
-    latent_frames = (frames - 1) // 4 + 1
-    return latent_frames * (height // (8 * patch_size)) * (width // (8 * patch_size))
+def video_tokens(width: int, height: int, frames: int, patch_size: int = PATCH_SIZE) -> int:
+    latent_frames = (frames - 1) // VAE_TEMPORAL_SCALE + 1
+    pixels_per_token = VAE_SPATIAL_SCALE * patch_size
+    return latent_frames * (height // pixels_per_token) * (width // pixels_per_token)
 
 
 def transformer_activation_bytes(inner_dim: int, width: int, height: int, frames: int, version: str = "v5.1",

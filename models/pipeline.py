@@ -15,16 +15,14 @@ import torch
 import torch.nn.functional as F
 
 from .camera import CameraPath, camera_rays
+from .defaults import LATENT_CHANNELS, SIDE_MULTIPLE, VAE_SCALING_FACTOR, VAE_SPATIAL_SCALE, VAE_TEMPORAL_SCALE
 from .editing import keep_start_frames
 from .schedulers import make_scheduler, randn
 from .teacache import TeaCache, coefficients_for
 
-LATENT_CHANNELS = 16
-SPATIAL_RATIO = 8  # VAE
-TEMPORAL_RATIO = 4  # VAE
-SIZE_MULTIPLE = 16  # VAE 8x and patch 2 (docs/faithfulness.md, conditioning)
-# latents = posterior mode × 0.7125; the mask channel is scaled the same (docs/faithfulness.md, conditioning)
-VAE_SCALING_FACTOR = 0.7125
+# VAE scales, latent channels and the ×0.7125 latent scaling (the mask channel is scaled the same) come from the
+# registry (models/defaults.py; docs/faithfulness.md, conditioning).
+SPATIAL_RATIO, TEMPORAL_RATIO, SIZE_MULTIPLE = VAE_SPATIAL_SCALE, VAE_TEMPORAL_SCALE, SIDE_MULTIPLE
 NOISE_AUG_STRENGTH = 0.0563  # fixed σ of the inference-time masked-video noise (docs/faithfulness.md, conditioning)
 CAMERA_SCALE = 6.0  # Plücker channels are multiplied by 6, not VAE-encoded (docs/faithfulness.md, conditioning)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from .variants import FRAME_STEP, MAX_FRAMES, MAX_SIDE, MIN_FRAMES, MIN_SIDE, SIDE_MULTIPLE
+from .defaults import FRAME_STEP, MAX_FRAMES, MAX_SIDE, MIN_FRAMES, MIN_SIDE, SIDE_MULTIPLE
 
 GIB = 1024**3
 # The interrupt is checked between transformer blocks; one block must finish well inside this (docs/reliability.md).

@@ -272,7 +272,8 @@ def check_request(variant, request: Request) -> None:
     if kind == "control_camera" and request.control_video is not None:
         raise ValueError(f"{variant.name} is steered by the camera input; a Control-Camera model takes no control "
                          "video. Disconnect control_video, or load a Control model.")  # fmt: skip
-    if request.reference_image is not None and not variant.add_ref_latent_in_control_model:
+    takes_reference = kind in ("control", "control_camera") and variant.add_ref_latent_in_control_model
+    if request.reference_image is not None and not takes_reference:  # other kinds would ignore it silently
         raise ValueError(f"a reference image needs a V5.1 Control model; {variant.name} does not take one.")
     if request.denoise_strength < 1.0 and request.input_video is None:
         raise ValueError("denoise strength < 1 needs an input video (video-to-video); connect one or set it to 1.0")

@@ -14,9 +14,28 @@ from dataclasses import dataclass, replace
 # Names and numbers (versions, defaults, limits, dropdowns) live in models/defaults.py; re-exported here for the
 # modules that read them with the variants.
 from .defaults import (  # noqa: F401
-    DEFAULT_FRAMES, DEFAULT_GUIDANCE, DEFAULT_HEIGHT, DEFAULT_NEGATIVE_PROMPT, DEFAULT_SCHEDULER, DEFAULT_SEED,
-    DEFAULT_STEPS, DEFAULT_TEACACHE_THRESHOLD, DEFAULT_WIDTH, FRAME_STEP, KINDS, MAX_FRAMES, MAX_PROMPT_TOKENS, MAX_SIDE,
-    MIN_FRAMES, MIN_SIDE, SIDE_MULTIPLE, SIZES, V5, V5_1, VAE_SCALING_FACTOR, VERSIONS,
+    DEFAULT_FRAMES,
+    DEFAULT_GUIDANCE,
+    DEFAULT_HEIGHT,
+    DEFAULT_NEGATIVE_PROMPT,
+    DEFAULT_SCHEDULER,
+    DEFAULT_SEED,
+    DEFAULT_STEPS,
+    DEFAULT_TEACACHE_THRESHOLD,
+    DEFAULT_WIDTH,
+    FRAME_STEP,
+    KINDS,
+    MAX_FRAMES,
+    MAX_PROMPT_TOKENS,
+    MAX_SIDE,
+    MIN_FRAMES,
+    MIN_SIDE,
+    SIDE_MULTIPLE,
+    SIZES,
+    V5,
+    V5_1,
+    VAE_SCALING_FACTOR,
+    VERSIONS,
 )
 
 # Transformer in_channels per (version, kind): the channel layouts of docs/checkpoints.md, variants (noisy 16 | mask 1 |

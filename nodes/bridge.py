@@ -286,6 +286,17 @@ def load_on_device(patcher, extra_bytes: int = 0, full: bool = True, log=print) 
             "(slow). Choose memory_mode model_cpu_offload or sequential for this size.")
 
 
+def hold_on_device(holder, name: str, residency, device) -> None:
+    """Carry out a models.runplan.Residency: release what it names, register the component (or its stand-in) with
+    ComfyUI's model management, and make room beside it for the planned peak."""
+    for other in residency.release:
+        holder.release(other)
+    patcher = comfy_patcher(holder, name, residency.module, residency.size, device)
+    load_on_device(patcher, full=residency.full)
+    if residency.make_room:
+        make_room(residency.make_room, device, keep=[patcher])
+
+
 def loaded_records(patchers) -> list:
     """ComfyUI's LoadedModel records of these patchers (what free_memory's keep_loaded compares against)."""
     mm = _mm()

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..models.defaults import ATTENTION_CHOICES, FP8_MODES, MEMORY_MODE_CHOICES, PRECISIONS, SAME_AS_PRECISION, WEIGHT_STORAGES
+from ..models.defaults import (
+    ATTENTION_CHOICES,
+    FP8_MODES,
+    MEMORY_MODE_CHOICES,
+    PRECISIONS,
+    SAME_AS_PRECISION,
+    WEIGHT_STORAGES,
+)
 from .bridge import DIFFUSION_MODELS_FOLDER, EASYANIMATE_FOLDER
 from .folders import CachedListing, files_under, find_in_folders, folders_under, relative_name
 

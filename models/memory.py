@@ -133,11 +133,15 @@ def transformer_activation_bytes(inner_dim: int, width: int, height: int, frames
     return ACTIVATION_FACTOR * batch * tokens * inner_dim * _itemsize(dtype)
 
 
-def vae_decode_bytes(width: int, height: int, dtype: torch.dtype = torch.bfloat16, tile: int | None = None) -> int:
-    """Peak bytes of decoding one latent frame (4 pixel frames) of a (tile × tile) region (ESTIMATE): the widest
-    decoder stage holds ~6 tensors of [128 ch, 4 frames, H, W] at full resolution."""
-    h, w = (tile, tile) if tile else (height, width)
-    return 6 * 128 * 4 * h * w * _itemsize(dtype)
+def vae_decode_bytes(width: int, height: int, dtype: torch.dtype = torch.bfloat16, version: str = "v5.1") -> int:
+    """Working bytes the plan leaves for the VAE decode: the VAE's own per-chunk estimate (models/vae/memory.py, the
+    one its tile planner sizes tiles with, calibrated on measured peaks) at the smallest tile it may pick, since it
+    tiles down to whatever budget the plan leaves (docs/memory.md, VAE); the whole frame when that is smaller."""
+    from .variants import released_vae_config
+    from .vae import VAEConfig, smallest_tile_working_bytes
+
+    config = VAEConfig.from_dict(released_vae_config(version), source="released config")
+    return smallest_tile_working_bytes(config, height, width, _itemsize(dtype))
 
 
 # -- planning ---------------------------------------------------------------------------------------------------------
@@ -182,7 +186,7 @@ def plan_memory(model: ModelBytes, width: int, height: int, frames: int, vram_bu
     offload, block swap with as many resident blocks as fit; wider storage before fp8, except for block swap. When nothing
     fits, the smallest configuration, marked fits=False."""
     activations = transformer_activation_bytes(model.inner_dim, width, height, frames, model.version, cfg, compute_dtype)
-    decode = vae_decode_bytes(width, height, compute_dtype)
+    decode = vae_decode_bytes(width, height, compute_dtype, model.version)
     budget = vram_budget - CUDA_RESERVE
     candidates = []
     for mode in modes or ("gpu", "model_cpu_offload", "sequential"):

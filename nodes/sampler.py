@@ -9,6 +9,7 @@ from ..models.defaults import (
     DEFAULT_FPS,
     DEFAULT_FRAMES,
     DEFAULT_GUIDANCE,
+    DEFAULT_SCHEDULER,
     DEFAULT_HEIGHT,
     DEFAULT_SEED,
     DEFAULT_STEPS,
@@ -24,10 +25,12 @@ from ..models.defaults import (
     SCHEDULER_CHOICES,
     SEED_MAX,
     SIDE_MULTIPLE,
+    VERSIONS,
 )
 from .bridge import Progress, check_interrupt, free_memory, free_vram, hold_on_device, is_out_of_memory, torch_device
 
 SCHEDULERS = list(SCHEDULER_CHOICES)
+AUTO_TOOLTIP = "auto: " + ", ".join(f"{DEFAULT_SCHEDULER[v]} for {v.upper()}" for v in reversed(VERSIONS))
 
 
 def _latent_preview(latents):
@@ -72,7 +75,7 @@ class EasyAnimateVideoSampler:
                 "cfg": ("FLOAT", {"default": DEFAULT_GUIDANCE, "min": 0.0, "max": MAX_GUIDANCE, "step": 0.1,
                                   "round": 0.01}),
                 "seed": ("INT", {"default": DEFAULT_SEED, "min": 0, "max": SEED_MAX, "control_after_generate": True}),
-                "scheduler": (SCHEDULERS, {"default": AUTO_SCHEDULER, "tooltip": "auto: Flow for V5.1, DDIM for V5"}),
+                "scheduler": (SCHEDULERS, {"default": AUTO_SCHEDULER, "tooltip": AUTO_TOOLTIP}),
                 "teacache_threshold": (
                     "FLOAT",
                     {"default": DEFAULT_TEACACHE_THRESHOLD, "min": 0.0, "max": 1.0, "step": 0.005,

@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from ..models.defaults import (
-    DEFAULT_FRAMES, DEFAULT_HEIGHT, DEFAULT_WIDTH, FRAME_STEP, MAX_FRAMES, MAX_SIDE, MIN_FRAMES, MIN_SIDE, SIDE_MULTIPLE,
+    DEFAULT_FRAMES,
+    DEFAULT_HEIGHT,
+    DEFAULT_WIDTH,
+    FRAME_STEP,
+    MAX_FRAMES,
+    MAX_SIDE,
+    MIN_FRAMES,
+    MIN_SIDE,
+    SIDE_MULTIPLE,
 )  # fmt: skip
 
 _EXAMPLE = '[{"x": 120, "y": 200}, {"x": 200, "y": 180}, {"x": 300, "y": 150}]'

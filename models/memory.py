@@ -128,7 +128,7 @@ def transformer_activation_bytes(inner_dim: int, width: int, height: int, frames
                                  cfg: bool = True, dtype: torch.dtype = torch.bfloat16) -> int:  # fmt: skip
     """Peak activation bytes of one transformer call (ESTIMATE): memory-efficient attention keeps no
     tokens×tokens matrix, so the peak is a block's live [batch, tokens, inner_dim] tensors."""
-    tokens = video_tokens(width, height, frames) + TEXT_TOKENS.get(version, 256)
+    tokens = video_tokens(width, height, frames) + TEXT_TOKENS[version]
     batch = 2 if cfg else 1
     return ACTIVATION_FACTOR * batch * tokens * inner_dim * _itemsize(dtype)
 

@@ -194,7 +194,8 @@ def check_request(model, device, width: int, height: int, frames: int, cfg: bool
     headers only: call it before loading and again before sampling."""
     import torch
 
-    from .memory import TEXT_TOKENS, available_ram, plan_memory, transformer_activation_bytes, video_tokens
+    from .defaults import TEXT_TOKENS
+    from .memory import available_ram, plan_memory, transformer_activation_bytes, video_tokens
 
     problems = input_problems(width, height, frames)
     if problems:
@@ -213,7 +214,7 @@ def check_request(model, device, width: int, height: int, frames: int, cfg: bool
     batch = 2 if cfg else 1
 
     def seconds(w: int, h: int, f: int) -> float:
-        tokens = video_tokens(w, h, f) + TEXT_TOKENS.get(model.version, 256)
+        tokens = video_tokens(w, h, f) + TEXT_TOKENS[model.version]
         return longest_uninterruptible_seconds(tokens, weights.inner_dim, batch, device.type, threads)
 
     block_seconds = seconds(width, height, frames)

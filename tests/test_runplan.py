@@ -100,3 +100,28 @@ def test_the_plan_resolves_auto_to_the_variant_default_and_keeps_the_request_oth
     run = plan_run(model, request, "v5", "cpu", lambda device, wanted: None)
     assert run.request.scheduler == "DDIM" and request.scheduler == "auto"
     assert (run.size, run.cfg, run.price.mode) == ((64, 64, 5), False, "cpu")
+
+
+def test_residency_offload_releases_the_text_encoder_and_makes_room_for_the_planned_peak():
+    from models.memory import Plan
+    from models.runplan import RunPlan
+
+    transformer = torch.nn.Linear(4, 4, dtype=torch.bfloat16)
+    offloaded = types.SimpleNamespace(plan=Plan("sequential", "bf16", 3, 5 * 2**30, 0, 0, True), offloading=True)
+    residency = RunPlan(offloaded, None, torch.device("cpu"), None).residency(transformer)
+    assert (residency.module, residency.size, residency.full) == (None, 0, False)
+    assert (residency.make_room, residency.release) == (5 * 2**30, ("text_encoder",))
+
+    resident = types.SimpleNamespace(plan=Plan("gpu", "bf16", 0, 7, 0, 0, True), offloading=False)
+    residency = RunPlan(resident, None, torch.device("cpu"), None).residency(transformer)
+    assert (residency.module, residency.size, residency.full) == (transformer, 4 * 4 * 2 + 4 * 2, True)
+    assert (residency.make_room, residency.release) == (0, ())
+
+
+def test_hold_on_device_releases_before_registering(pack):
+    from models.runplan import Residency
+
+    released = []
+    holder = types.SimpleNamespace(release=released.append)
+    pack.nodes.bridge.hold_on_device(holder, "transformer", Residency(None, 0, False, 0, ("text_encoder",)), "cpu")
+    assert released == ["text_encoder"]  # outside ComfyUI no patcher is made; the release still happens

@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-ATTENTION_CHOICES = ("auto", "sdpa", "sage", "flash")
+from .defaults import ATTENTION_CHOICES  # noqa: F401 (re-exported)
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 # The import name and the pip command of each optional backend.
 PACKAGES = {"sage": ("sageattention", "pip install sageattention"), "flash": ("flash_attn", "pip install flash-attn")}

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import Detection, detect
+from .defaults import DEFAULT_FRAMES, DEFAULT_HEIGHT, DEFAULT_WIDTH
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 STORAGE_DTYPES = {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
@@ -119,7 +120,7 @@ class ModelComponents:
         modes = None if mode == "auto" else (mode,)
         weights = model_bytes_for_transformer_files(self.path, self.dtype, storages, self.fp8_mode, self.version,
                                                     None if self.detection.layout == "single_file" else self.path)
-        width, height, frames = size or (672, 384, 49)
+        width, height, frames = size or (DEFAULT_WIDTH, DEFAULT_HEIGHT, DEFAULT_FRAMES)
         plan = plan_memory(weights, width, height, frames, free_vram, storages, compute_dtype=self.dtype, modes=modes)
         if self.resident_blocks:
             plan.resident_blocks = self.resident_blocks

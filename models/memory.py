@@ -16,12 +16,12 @@ from typing import Callable
 
 import torch
 
+from .defaults import PATCH_SIZE, TEXT_TOKENS, VAE_SPATIAL_SCALE, VAE_TEMPORAL_SCALE
 from .quant import FP8_DTYPES, storage_rule
 
 GIB = 1024**3
 CUDA_RESERVE = int(0.8 * GIB)  # CUDA context, allocator fragmentation, cuDNN workspaces (estimate)
 ACTIVATION_FACTOR = 20  # live [batch, tokens, inner_dim] tensors at a block's peak (x, text, q, k, v, attn, 4×FF, ...)
-TEXT_TOKENS = {"v5": 256 + 256, "v5.1": 256}  # Bert + mT5 / Qwen2-VL token counts (max_sequence_length)
 # Text encoder parameter counts of the released checkpoints (visual tower dropped for Qwen2-VL), from the HF repos.
 TEXT_ENCODER_PARAMS = {"v5": 102_000_000 + 1_670_000_000, "v5.1": 7_070_000_000}
 
@@ -118,25 +118,30 @@ def full_size_vae_bytes(version: str, dtype: torch.dtype) -> int:
 # -- activations ------------------------------------------------------------------------------------------------------
 
 
-def video_tokens(width: int, height: int, frames: int, patch_size: int = 2) -> int:
-    latent_frames = (frames - 1) // 4 + 1
-    return latent_frames * (height // (8 * patch_size)) * (width // (8 * patch_size))
+def video_tokens(width: int, height: int, frames: int, patch_size: int = PATCH_SIZE) -> int:
+    latent_frames = (frames - 1) // VAE_TEMPORAL_SCALE + 1
+    pixels_per_token = VAE_SPATIAL_SCALE * patch_size
+    return latent_frames * (height // pixels_per_token) * (width // pixels_per_token)
 
 
 def transformer_activation_bytes(inner_dim: int, width: int, height: int, frames: int, version: str = "v5.1",
                                  cfg: bool = True, dtype: torch.dtype = torch.bfloat16) -> int:  # fmt: skip
     """Peak activation bytes of one transformer call (ESTIMATE): memory-efficient attention keeps no
     tokens×tokens matrix, so the peak is a block's live [batch, tokens, inner_dim] tensors."""
-    tokens = video_tokens(width, height, frames) + TEXT_TOKENS.get(version, 256)
+    tokens = video_tokens(width, height, frames) + TEXT_TOKENS[version]
     batch = 2 if cfg else 1
     return ACTIVATION_FACTOR * batch * tokens * inner_dim * _itemsize(dtype)
 
 
-def vae_decode_bytes(width: int, height: int, dtype: torch.dtype = torch.bfloat16, tile: int | None = None) -> int:
-    """Peak bytes of decoding one latent frame (4 pixel frames) of a (tile × tile) region (ESTIMATE): the widest
-    decoder stage holds ~6 tensors of [128 ch, 4 frames, H, W] at full resolution."""
-    h, w = (tile, tile) if tile else (height, width)
-    return 6 * 128 * 4 * h * w * _itemsize(dtype)
+def vae_decode_bytes(width: int, height: int, dtype: torch.dtype = torch.bfloat16, version: str = "v5.1") -> int:
+    """Working bytes the plan leaves for the VAE decode: the VAE's own per-chunk estimate (models/vae/memory.py, the
+    one its tile planner sizes tiles with, calibrated on measured peaks) at the smallest tile it may pick, since it
+    tiles down to whatever budget the plan leaves (docs/memory.md, VAE); the whole frame when that is smaller."""
+    from .variants import released_vae_config
+    from .vae import VAEConfig, smallest_tile_working_bytes
+
+    config = VAEConfig.from_dict(released_vae_config(version), source="released config")
+    return smallest_tile_working_bytes(config, height, width, _itemsize(dtype))
 
 
 # -- planning ---------------------------------------------------------------------------------------------------------
@@ -181,7 +186,7 @@ def plan_memory(model: ModelBytes, width: int, height: int, frames: int, vram_bu
     offload, block swap with as many resident blocks as fit; wider storage before fp8, except for block swap. When nothing
     fits, the smallest configuration, marked fits=False."""
     activations = transformer_activation_bytes(model.inner_dim, width, height, frames, model.version, cfg, compute_dtype)
-    decode = vae_decode_bytes(width, height, compute_dtype)
+    decode = vae_decode_bytes(width, height, compute_dtype, model.version)
     budget = vram_budget - CUDA_RESERVE
     candidates = []
     for mode in modes or ("gpu", "model_cpu_offload", "sequential"):

@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-MEMORY_MODES = ("gpu", "model_cpu_offload", "sequential")
+from .defaults import MEMORY_MODES  # noqa: F401 (re-exported)
 
 
 @dataclass

@@ -15,17 +15,15 @@ import torch
 import torch.nn.functional as F
 
 from .camera import CameraPath, camera_rays
+from .defaults import LATENT_CHANNELS, SIDE_MULTIPLE, VAE_SCALING_FACTOR, VAE_SPATIAL_SCALE, VAE_TEMPORAL_SCALE
 from .editing import keep_start_frames
 from .schedulers import make_scheduler, randn
 from .teacache import TeaCache, coefficients_for
 from .transformer_options import TransformerOptions
 
-LATENT_CHANNELS = 16
-SPATIAL_RATIO = 8  # VAE
-TEMPORAL_RATIO = 4  # VAE
-SIZE_MULTIPLE = 16  # VAE 8x and patch 2 (docs/faithfulness.md, conditioning)
-# latents = posterior mode × 0.7125; the mask channel is scaled the same (docs/faithfulness.md, conditioning)
-VAE_SCALING_FACTOR = 0.7125
+# VAE scales, latent channels and the ×0.7125 latent scaling (the mask channel is scaled the same) come from the
+# registry (models/defaults.py; docs/faithfulness.md, conditioning).
+SPATIAL_RATIO, TEMPORAL_RATIO, SIZE_MULTIPLE = VAE_SPATIAL_SCALE, VAE_TEMPORAL_SCALE, SIDE_MULTIPLE
 NOISE_AUG_STRENGTH = 0.0563  # fixed σ of the inference-time masked-video noise (docs/faithfulness.md, conditioning)
 CAMERA_SCALE = 6.0  # Plücker channels are multiplied by 6, not VAE-encoded (docs/faithfulness.md, conditioning)
 
@@ -274,7 +272,8 @@ def check_request(variant, request: Request) -> None:
     if kind == "control_camera" and request.control_video is not None:
         raise ValueError(f"{variant.name} is steered by the camera input; a Control-Camera model takes no control "
                          "video. Disconnect control_video, or load a Control model.")  # fmt: skip
-    if request.reference_image is not None and not variant.add_ref_latent_in_control_model:
+    takes_reference = kind in ("control", "control_camera") and variant.add_ref_latent_in_control_model
+    if request.reference_image is not None and not takes_reference:  # other kinds would ignore it silently
         raise ValueError(f"a reference image needs a V5.1 Control model; {variant.name} does not take one.")
     if request.denoise_strength < 1.0 and request.input_video is None:
         raise ValueError("denoise strength < 1 needs an input video (video-to-video); connect one or set it to 1.0")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from .variants import FRAME_STEP, MAX_FRAMES, MAX_SIDE, MIN_FRAMES, MIN_SIDE, SIDE_MULTIPLE
+from .defaults import FRAME_STEP, MAX_FRAMES, MAX_SIDE, MIN_FRAMES, MIN_SIDE, SIDE_MULTIPLE
 
 GIB = 1024**3
 # The interrupt is checked between transformer blocks; one block must finish well inside this (docs/reliability.md).
@@ -196,7 +196,8 @@ def check_request(model, device, width: int, height: int, frames: int, cfg: bool
     headers only: call it before loading and again before sampling."""
     import torch
 
-    from .memory import TEXT_TOKENS, available_ram, plan_memory, transformer_activation_bytes, video_tokens
+    from .defaults import TEXT_TOKENS
+    from .memory import available_ram, plan_memory, transformer_activation_bytes, video_tokens
 
     problems = input_problems(width, height, frames)
     if problems:
@@ -215,7 +216,7 @@ def check_request(model, device, width: int, height: int, frames: int, cfg: bool
     batch = 2 if cfg else 1
 
     def seconds(w: int, h: int, f: int) -> float:
-        tokens = video_tokens(w, h, f) + TEXT_TOKENS.get(model.version, 256)
+        tokens = video_tokens(w, h, f) + TEXT_TOKENS[model.version]
         return longest_uninterruptible_seconds(tokens, weights.inner_dim, batch, device.type, threads)
 
     block_seconds = seconds(width, height, frames)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from . import ops as cast_ops
 
-FP8_MODES = ("quality", "reference exact", "scaled")
+from .defaults import FP8_MODES  # noqa: F401 (re-exported)
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 # Tensors kept in the compute dtype by "quality"/"scaled": state-dict names (original key naming) of norms,

@@ -37,7 +37,7 @@ from safetensors import safe_open
 from . import ops
 from .variants import V5, V5_1
 
-MAX_SEQUENCE_LENGTH = 256  # both versions: docs/faithfulness.md, text encoders
+from .defaults import MAX_SEQUENCE_LENGTH  # both versions: docs/faithfulness.md, text encoders
 
 # RoPE position ids of Qwen pad tokens. "reference": cumsum(mask) - 1 with pads set to 1, the text-only rule of
 # transformers 4.x (checked in 4.57.1, docs/faithfulness.md, text encoders), the major version EasyAnimate V5.1 was

@@ -11,11 +11,32 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, replace
 
-V5 = "v5"
-V5_1 = "v5.1"
-VERSIONS = (V5, V5_1)
-SIZES = ("7b", "12b")
-KINDS = ("t2v", "inp", "control", "control_camera")
+# Names and numbers (versions, defaults, limits, dropdowns) live in models/defaults.py; re-exported here for the
+# modules that read them with the variants.
+from .defaults import (  # noqa: F401
+    DEFAULT_FRAMES,
+    DEFAULT_GUIDANCE,
+    DEFAULT_HEIGHT,
+    DEFAULT_NEGATIVE_PROMPT,
+    DEFAULT_SCHEDULER,
+    DEFAULT_SEED,
+    DEFAULT_STEPS,
+    DEFAULT_TEACACHE_THRESHOLD,
+    DEFAULT_WIDTH,
+    FRAME_STEP,
+    KINDS,
+    MAX_FRAMES,
+    MAX_PROMPT_TOKENS,
+    MAX_SIDE,
+    MIN_FRAMES,
+    MIN_SIDE,
+    SIDE_MULTIPLE,
+    SIZES,
+    V5,
+    V5_1,
+    VAE_SCALING_FACTOR,
+    VERSIONS,
+)
 
 # Transformer in_channels per (version, kind): the channel layouts of docs/checkpoints.md, variants (noisy 16 | mask 1 |
 # masked latent 16 | control 16 | Plücker 6 | ref 16).
@@ -31,25 +52,6 @@ IN_CHANNELS = {
 
 # Name suffix of the released HF folders per kind (e.g. "EasyAnimateV5.1-12b-zh-Control-Camera").
 KIND_SUFFIX = {"t2v": "", "inp": "-InP", "control": "-Control", "control_camera": "-Control-Camera"}
-
-# Sampling defaults of the reference predict scripts (docs/faithfulness.md, schedulers; docs/faithfulness.md, text
-# encoders).
-DEFAULT_SCHEDULER = {V5: "DDIM", V5_1: "Flow"}
-DEFAULT_STEPS = 50
-DEFAULT_GUIDANCE = 6.0
-DEFAULT_HEIGHT = 384
-DEFAULT_WIDTH = 672
-DEFAULT_FRAMES = 49
-DEFAULT_SEED = 43
-DEFAULT_NEGATIVE_PROMPT = "扭曲的身体，肢体残缺，文本字幕，漫画，静止，丑陋，错误，乱码。"  # EA:predict_t2v.py:79
-DEFAULT_TEACACHE_THRESHOLD = 0.08
-
-# Request limits every node and tool enforces (docs/reliability.md, limits): sides a multiple of 16 (VAE 8x, patch 2),
-# frames 1 or 4k+1 (causal VAE 4x), at most 2048 px a side and 253 frames (64 latent frames, 1.3x the trained 49x4),
-# prompts at most 256 tokens per text stream (longer ones are cut and the node warns).
-MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 16, 2048, 16
-MIN_FRAMES, MAX_FRAMES, FRAME_STEP = 1, 253, 4
-MAX_PROMPT_TOKENS = 256
 
 # TeaCache rescale polynomials (highest power first), fitted on the V5.1 InP models (docs/faithfulness.md, TeaCache). V5
 # has none.
@@ -224,6 +226,18 @@ def find_variant(version: str, size: str, kind: str) -> Variant:
     raise KeyError(f"no released EasyAnimate variant {version}/{size}/{kind}; released: {released}")
 
 
+def transformer_size_hint(size: str | None) -> str:
+    """The bf16 size of a transformer download ("≈13.6 GB"), from the released parameter counts; both sizes when
+    `size` is unknown. Used by the 'missing file' messages (docs/checkpoints.md, folder layouts)."""
+
+    def gigabytes(of: str) -> str:
+        return f"{find_variant(V5_1, of, 't2v').param_count * 2 / 1e9:.1f} GB"
+
+    if size in SIZES:
+        return f"≈{gigabytes(size)}"
+    return ", ".join(f"{gigabytes(s)} for {s.upper()}" for s in SIZES)
+
+
 def variant_for(version: str, size: str, kind: str) -> Variant:
     """Like `find_variant`, but an unreleased combination (e.g. a V5-7B Control fine-tune) gets a derived Variant
     (released=False, param_count None) built from its released sibling of the same version and size."""
@@ -334,7 +348,7 @@ _VAE_V5 = {
     "num_attention_heads": 1,
     "out_channels": 3,
     "sample_size": 256,
-    "scaling_factor": 0.7125,
+    "scaling_factor": VAE_SCALING_FACTOR,
     "slice_compression_vae": False,
     "slice_mag_vae": False,
     "spatial_group_norm": True,

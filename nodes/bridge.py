@@ -186,6 +186,32 @@ def free_vram(device, wanted: int = 0) -> int | None:
     return free
 
 
+class _ComfyRecord:
+    """What ComfyUI's model management knows of one model object: its ModelPatchers by component, and the component
+    ComfyUI is unloading right now. Kept here, beside the object rather than on it (models/ knows nothing of it)."""
+
+    def __init__(self):
+        self.patchers: dict = {}
+        self.detaching: str | None = None
+
+
+# model object (a ModelComponents) -> its record; weak, so the record lives exactly as long as the object.
+_records: "weakref.WeakKeyDictionary[object, _ComfyRecord]" = weakref.WeakKeyDictionary()
+
+
+def _record(holder) -> _ComfyRecord:
+    holder = getattr(holder, "base_components", holder)  # a LoRA-stacked model shares its base's record
+    record = _records.get(holder)
+    if record is None:
+        record = _records[holder] = _ComfyRecord()
+    return record
+
+
+def patcher_of(holder, name: str):
+    """The ModelPatcher ComfyUI holds for component `name` of `holder`, or None."""
+    return _record(holder).patchers.get(name)
+
+
 def _release_on_unload(holder, name: str):
     """ON_DETACH callback: ComfyUI unloading our patcher releases the component (weak: the callback does not keep
     the model alive). The weights go now (moved to the meta device); the patcher and its emptied module stay until
@@ -198,24 +224,26 @@ def _release_on_unload(holder, name: str):
         if components is None or not unpatch_all:  # unpatch_all=False: load_models_gpu re-loading it, not unloading
             return
         patcher.model.to("meta")
-        components.__dict__["_comfy_detaching"] = name
+        record = _record(components)
+        record.detaching = name
         try:
             components.release(name)
         finally:
-            components.__dict__.pop("_comfy_detaching", None)
+            record.detaching = None
 
     return released
 
 
 def _forget_patcher(components, name, *args) -> None:
     """on_release hook: a component released by us (not by ComfyUI's unload) takes its patcher along."""
-    if components.__dict__.get("_comfy_detaching") != name:
-        components.__dict__.get("_comfy_patchers", {}).pop(name, None)
+    record = _records.get(components)
+    if record is not None and record.detaching != name:
+        record.patchers.pop(name, None)
 
 
 def comfy_patcher(holder, name: str, module, size: int, device):
-    """A ModelPatcher so ComfyUI's model management owns one of our components (kept on `holder`, a
-    ModelComponents, so it lives exactly as long as the component); None outside ComfyUI.
+    """A ModelPatcher so ComfyUI's model management owns one of our components (kept in this module's weak table
+    beside `holder`, a ModelComponents, so it lives exactly as long as the component); None outside ComfyUI.
 
     `module` is the component when it sits on the device (gpu mode), or None when it rests in RAM (offload modes):
     then a weightless stand-in is registered, so "unload models" still reaches it. Unloading RELEASES the component
@@ -227,8 +255,8 @@ def comfy_patcher(holder, name: str, module, size: int, device):
         return None
     import torch
 
-    holder = getattr(holder, "base_components", holder)  # a LoRA-stacked model shares its base's patcher
-    patchers = holder.__dict__.setdefault("_comfy_patchers", {})
+    holder = getattr(holder, "base_components", holder)
+    patchers = _record(holder).patchers
     if _forget_patcher not in holder.on_release:
         holder.on_release.append(_forget_patcher)
     target = module if module is not None else torch.nn.Module()
@@ -256,6 +284,17 @@ def load_on_device(patcher, extra_bytes: int = 0, full: bool = True, log=print) 
         log(f"EasyAnimate: ComfyUI loaded only {patcher.loaded_size() / 2**30:.1f} of "
             f"{patcher.model_size() / 2**30:.1f} GB of the model onto {patcher.load_device}; the rest runs from RAM "
             "(slow). Choose memory_mode model_cpu_offload or sequential for this size.")
+
+
+def hold_on_device(holder, name: str, residency, device) -> None:
+    """Carry out a models.runplan.Residency: release what it names, register the component (or its stand-in) with
+    ComfyUI's model management, and make room beside it for the planned peak."""
+    for other in residency.release:
+        holder.release(other)
+    patcher = comfy_patcher(holder, name, residency.module, residency.size, device)
+    load_on_device(patcher, full=residency.full)
+    if residency.make_room:
+        make_room(residency.make_room, device, keep=[patcher])
 
 
 def loaded_records(patchers) -> list:

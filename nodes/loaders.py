@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .bridge import DIFFUSION_MODELS_FOLDER, EASYANIMATE_FOLDER, model_dirs
+from ..models.defaults import (
+    ATTENTION_CHOICES,
+    FP8_MODES,
+    MEMORY_MODE_CHOICES,
+    PRECISIONS,
+    SAME_AS_PRECISION,
+    WEIGHT_STORAGES,
+)
+from .bridge import DIFFUSION_MODELS_FOLDER, EASYANIMATE_FOLDER
+from .folders import CachedListing, files_under, find_in_folders, folders_under, relative_name
 
 NO_MODELS = "(no models found"  # the dropdown entry starts so; it names the real folder (`no_models_entry`)
 SINGLE_FILE_PREFIX = "diffusion_models/"
-PRECISIONS = ["bf16", "fp16", "fp32"]
-WEIGHT_STORAGE = ["same as precision", "fp8_e4m3fn", "fp8_e5m2"]
 # What marks a sub-folder of models/EasyAnimate as a model (a partial download still lists, so loading it can say
 # exactly which files are missing).
 MODEL_MARKERS = ("transformer", "vae", "model_index.json")
@@ -21,26 +28,24 @@ def _looks_like_model(folder: Path) -> bool:
     return folder.is_dir() and any((folder / marker).exists() for marker in MODEL_MARKERS)
 
 
-# (path, mtime_ns, size) -> is an EasyAnimate transformer: INPUT_TYPES runs on every page load and refresh, and
-# diffusion_models may hold hundreds of large files; a header is read again only when its file changes.
-_transformer_file_answers: dict[tuple[str, int, int], bool] = {}
-
-
-def _looks_like_transformer_file(path: Path) -> bool:
+def header_keys(path: Path) -> dict:
+    """The tensor names in a safetensors file's header ({} for a file that is not one)."""
     from ..models.checkpoint import read_safetensors_header
 
     try:
-        stat = path.stat()
-    except OSError:
-        return False
-    key = (str(path), stat.st_mtime_ns, stat.st_size)
-    if key not in _transformer_file_answers:
-        try:
-            keys = read_safetensors_header(path)
-        except Exception:
-            keys = {}
-        _transformer_file_answers[key] = all(name in keys for name in TRANSFORMER_HEADER_KEYS)
-    return _transformer_file_answers[key]
+        return read_safetensors_header(path)
+    except Exception:
+        return {}
+
+
+def _looks_like_transformer_file(path: Path) -> bool:
+    keys = header_keys(path)
+    return all(name in keys for name in TRANSFORMER_HEADER_KEYS)
+
+
+# Cached by directory mtimes (nodes/folders.py): INPUT_TYPES runs on every page load; headers are read once per file.
+_model_folders = CachedListing(EASYANIMATE_FOLDER, folders_under(_looks_like_model))
+_transformer_files = CachedListing(DIFFUSION_MODELS_FOLDER, files_under(".safetensors", _looks_like_transformer_file))
 
 
 def no_models_entry() -> str:
@@ -50,15 +55,7 @@ def no_models_entry() -> str:
 
 def list_models() -> list[str]:
     """Model folder names under every registered EasyAnimate dir, then EasyAnimate single files in diffusion_models."""
-    names: list[str] = []
-    for root in model_dirs(EASYANIMATE_FOLDER):
-        if root.is_dir():
-            names += sorted(p.name for p in root.iterdir() if _looks_like_model(p) and p.name not in names)
-    for root in model_dirs(DIFFUSION_MODELS_FOLDER):
-        if root.is_dir():
-            files = sorted(p for p in root.rglob("*.safetensors") if _looks_like_transformer_file(p))
-            names += [SINGLE_FILE_PREFIX + p.relative_to(root).as_posix() for p in files]
-    return names
+    return _model_folders() + [SINGLE_FILE_PREFIX + name for name in _transformer_files()]
 
 
 def resolve_model(name: str) -> Path:
@@ -71,18 +68,8 @@ def resolve_model(name: str) -> Path:
     folder_key, relative = EASYANIMATE_FOLDER, name
     if name.startswith(SINGLE_FILE_PREFIX):
         folder_key, relative = DIFFUSION_MODELS_FOLDER, name[len(SINGLE_FILE_PREFIX):]
-    parts = Path(relative).parts
-    if not parts or Path(relative).is_absolute() or any(part in ("..", "") for part in parts):
-        raise ValueError(f"invalid model name {name!r}: it must be a folder or file inside the model folders")
-    searched = model_dirs(folder_key)
-    for root in searched:
-        # The name itself may not leave the folder (checked above, lexically); a symlink inside it may point
-        # anywhere, as users link big files from other drives.
-        candidate = root / relative
-        if candidate.exists():
-            return candidate.absolute()
-    where = ", ".join(str(d) for d in searched) or _default_dir(folder_key)
-    raise FileNotFoundError(f"model {name!r} not found in: {where}")
+    # Checked lexically: the name may not leave the folder; a symlink inside it may point anywhere.
+    return find_in_folders(folder_key, relative_name(relative, "model", "a folder or file inside the model folders"), _default_dir(folder_key), "model")
 
 
 def _default_dir(folder_key: str) -> str:
@@ -109,26 +96,26 @@ class EasyAnimateModelLoader:
         return {
             "required": {
                 "model": (models, {"tooltip": "Folder in models/EasyAnimate (or transformer file in diffusion_models)."}),
-                "precision": (PRECISIONS, {"default": "bf16", "tooltip": "Compute dtype."}),
+                "precision": (list(PRECISIONS), {"default": PRECISIONS[0], "tooltip": "Compute dtype."}),
                 "weight_storage": (
-                    WEIGHT_STORAGE,
-                    {"default": "same as precision", "tooltip": "fp8 storage halves transformer memory (qfloat8)."},
+                    list(WEIGHT_STORAGES),
+                    {"default": SAME_AS_PRECISION, "tooltip": "fp8 storage halves transformer memory (qfloat8)."},
                 ),
             },
             "optional": {
-                "memory_mode": (["auto", "gpu", "model_cpu_offload", "sequential"], {"default": "auto"}),
+                "memory_mode": (list(MEMORY_MODE_CHOICES), {"default": MEMORY_MODE_CHOICES[0]}),
                 "resident_blocks": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip": "sequential mode: transformer blocks kept on the GPU (0 = as many as fit)"}),
-                "fp8_mode": (["quality", "reference exact", "scaled"], {"default": "quality"}),
-                "attention": (["auto", "sdpa", "sage", "flash"], {"default": "auto", "tooltip": "auto: flash-attn if installed, else PyTorch SDPA. sage (SageAttention) is faster and changes the output slightly. A choice that is not installed falls back to SDPA with a message."}),
+                "fp8_mode": (list(FP8_MODES), {"default": FP8_MODES[0]}),
+                "attention": (list(ATTENTION_CHOICES), {"default": ATTENTION_CHOICES[0], "tooltip": "auto: flash-attn if installed, else PyTorch SDPA. sage (SageAttention) is faster and changes the output slightly. A choice that is not installed falls back to SDPA with a message."}),
                 "compile": ("BOOLEAN", {"default": False, "tooltip": "torch.compile each transformer block: faster steps after a one-time compile (minutes) per video size; needs a working Triton/C++ compiler."}),
             },
         }
 
-    def load(self, model, precision, weight_storage, memory_mode="auto", resident_blocks=0, fp8_mode="quality",
-             attention="auto", compile=False):
+    def load(self, model, precision, weight_storage, memory_mode=MEMORY_MODE_CHOICES[0], resident_blocks=0,
+             fp8_mode=FP8_MODES[0], attention=ATTENTION_CHOICES[0], compile=False):
         from ..models.components import open_model
 
-        storage = None if weight_storage == WEIGHT_STORAGE[0] else weight_storage
+        storage = None if weight_storage == SAME_AS_PRECISION else weight_storage
         companions = [resolve_model(name) for name in list_models() if not name.startswith(SINGLE_FILE_PREFIX)]
         return (
             open_model(resolve_model(model), precision, storage, memory_mode, resident_blocks, fp8_mode, companions,

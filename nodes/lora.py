@@ -4,21 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .bridge import model_dirs
+from .folders import CachedListing, files_under, find_in_folders, relative_name
 
 LORAS_FOLDER = "loras"  # ComfyUI's own LoRA folder key (models/loras + extra_model_paths.yaml)
 NO_LORAS = "(no LoRAs found: put .safetensors files in ComfyUI/models/loras/)"
 APPLY_MODES = ["delta in forward", "merge (GPU speed)"]
 
-
-def list_loras() -> list[str]:
-    """Every .safetensors file under the registered LoRA folders, as a path relative to its folder."""
-    names: list[str] = []
-    for root in model_dirs(LORAS_FOLDER):
-        if root.is_dir():
-            found = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.safetensors") if p.is_file())
-            names += [name for name in found if name not in names]
-    return names
+# Every .safetensors file under the registered LoRA folders, as a path relative to its folder (nodes/folders.py).
+list_loras = CachedListing(LORAS_FOLDER, files_under(".safetensors"))
 
 
 def resolve_lora(name: str) -> Path:
@@ -26,18 +19,10 @@ def resolve_lora(name: str) -> Path:
     if name == NO_LORAS:
         raise FileNotFoundError("No LoRA is installed: put a .safetensors LoRA into ComfyUI/models/loras/ (or a "
                                 "folder named `loras` in extra_model_paths.yaml) and refresh the page.")
-    relative = Path(name)
-    if not relative.parts or relative.is_absolute() or any(part in ("..", "") for part in relative.parts):
-        raise ValueError(f"invalid LoRA name {name!r}: it must be a file inside the loras folders")
+    relative = relative_name(name, "LoRA", "a file inside the loras folders")
     if relative.suffix.lower() != ".safetensors":
         raise ValueError(f"LoRA {name!r}: only .safetensors files are loaded (pickle formats can execute code)")
-    searched = model_dirs(LORAS_FOLDER)
-    for root in searched:
-        candidate = root / relative
-        if candidate.is_file():
-            return candidate.absolute()
-    where = ", ".join(str(d) for d in searched) or "ComfyUI/models/loras"
-    raise FileNotFoundError(f"LoRA {name!r} not found in: {where}")
+    return find_in_folders(LORAS_FOLDER, relative, "ComfyUI/models/loras", "LoRA", file_only=True)
 
 
 class EasyAnimateLora:

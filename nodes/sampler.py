@@ -4,14 +4,33 @@ from __future__ import annotations
 
 import logging
 
-from ..models.variants import DEFAULT_FRAMES, DEFAULT_HEIGHT, DEFAULT_WIDTH, MAX_FRAMES, MAX_SIDE, MIN_FRAMES, MIN_SIDE
-from .bridge import (
-    Progress, check_interrupt, comfy_patcher, free_memory, free_vram, is_out_of_memory, load_on_device, make_room,
-    torch_device,
-)  # fmt: skip
+from ..models.defaults import (
+    AUTO_SCHEDULER,
+    DEFAULT_FPS,
+    DEFAULT_FRAMES,
+    DEFAULT_GUIDANCE,
+    DEFAULT_HEIGHT,
+    DEFAULT_SCHEDULER,
+    DEFAULT_SEED,
+    DEFAULT_STEPS,
+    DEFAULT_TEACACHE_THRESHOLD,
+    DEFAULT_WIDTH,
+    FRAME_STEP,
+    MAX_FRAMES,
+    MAX_GUIDANCE,
+    MAX_SIDE,
+    MAX_STEPS,
+    MIN_FRAMES,
+    MIN_SIDE,
+    SCHEDULER_CHOICES,
+    SEED_MAX,
+    SIDE_MULTIPLE,
+    VERSIONS,
+)
+from .bridge import Progress, check_interrupt, free_memory, free_vram, hold_on_device, is_out_of_memory, torch_device
 
-SCHEDULERS = ["auto", "Flow", "Flow UniPC", "Flow DPM++", "DDIM", "Euler", "Euler A", "DPM++", "PNDM"]
-SEED_MAX = 0xFFFFFFFFFFFFFFFF
+SCHEDULERS = list(SCHEDULER_CHOICES)
+AUTO_TOOLTIP = "auto: " + ", ".join(f"{DEFAULT_SCHEDULER[v]} for {v.upper()}" for v in reversed(VERSIONS))
 
 
 def _latent_preview(latents):
@@ -48,17 +67,18 @@ class EasyAnimateVideoSampler:
             "required": {
                 "model": ("EASYANIMATE_MODEL",),
                 "embeddings": ("EASYANIMATE_EMBEDS",),
-                "width": ("INT", {"default": DEFAULT_WIDTH, "min": MIN_SIDE, "max": MAX_SIDE, "step": 16}),
-                "height": ("INT", {"default": DEFAULT_HEIGHT, "min": MIN_SIDE, "max": MAX_SIDE, "step": 16}),
-                "frames": ("INT", {"default": DEFAULT_FRAMES, "min": MIN_FRAMES, "max": MAX_FRAMES, "step": 4,
-                                   "tooltip": f"1 or 4k+1 up to {MAX_FRAMES}; 49 trained"}),
-                "steps": ("INT", {"default": 50, "min": 1, "max": 200}),
-                "cfg": ("FLOAT", {"default": 6.0, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01}),
-                "seed": ("INT", {"default": 43, "min": 0, "max": SEED_MAX, "control_after_generate": True}),
-                "scheduler": (SCHEDULERS, {"default": "auto", "tooltip": "auto: Flow for V5.1, DDIM for V5"}),
+                "width": ("INT", {"default": DEFAULT_WIDTH, "min": MIN_SIDE, "max": MAX_SIDE, "step": SIDE_MULTIPLE}),
+                "height": ("INT", {"default": DEFAULT_HEIGHT, "min": MIN_SIDE, "max": MAX_SIDE, "step": SIDE_MULTIPLE}),
+                "frames": ("INT", {"default": DEFAULT_FRAMES, "min": MIN_FRAMES, "max": MAX_FRAMES, "step": FRAME_STEP,
+                                   "tooltip": f"1 or 4k+1 up to {MAX_FRAMES}; {DEFAULT_FRAMES} trained"}),
+                "steps": ("INT", {"default": DEFAULT_STEPS, "min": 1, "max": MAX_STEPS}),
+                "cfg": ("FLOAT", {"default": DEFAULT_GUIDANCE, "min": 0.0, "max": MAX_GUIDANCE, "step": 0.1,
+                                  "round": 0.01}),
+                "seed": ("INT", {"default": DEFAULT_SEED, "min": 0, "max": SEED_MAX, "control_after_generate": True}),
+                "scheduler": (SCHEDULERS, {"default": AUTO_SCHEDULER, "tooltip": AUTO_TOOLTIP}),
                 "teacache_threshold": (
                     "FLOAT",
-                    {"default": 0.08, "min": 0.0, "max": 1.0, "step": 0.005,
+                    {"default": DEFAULT_TEACACHE_THRESHOLD, "min": 0.0, "max": 1.0, "step": 0.005,
                      "tooltip": "TeaCache: skip steps whose input barely changed (0 = off; V5.1 only)."},
                 ),  # fmt: skip
                 "teacache_skip_start": (
@@ -97,26 +117,18 @@ class EasyAnimateVideoSampler:
                teacache_skip_start, start_image=None, end_image=None, input_video=None, denoise_strength=1.0,
                control_video=None, reference_image=None, guidance_rescale=0.0, camera=None, mask=None,
                mask_composite=True, mask_feather=8, parallel=None):  # fmt: skip
-        from ..models import pipeline, preflight
-        from ..models.schedulers import DEFAULT_SCHEDULER
+        from ..models import pipeline
+        from ..models.frames import fit_clip_length  # clips of any length (VHS): docs/compatibility.md, clip length
+        from ..models.preflight import input_problems
+        from ..models.runplan import plan_run
 
-        problems = preflight.input_problems(width, height, frames)
+        problems = input_problems(width, height, frames)  # before any worker process starts
         if problems:
             raise ValueError("; ".join(problems.values()))
         if parallel is not None:  # the transformer runs in worker processes (nodes/parallel.py)
             from ..models.parallel_workers import ParallelModel
 
             model = ParallelModel(model, parallel["devices"], parallel["sp"], parallel["cfg_parallel"])
-        variant = model.variant
-        if embeddings.version != variant.version:
-            raise ValueError(
-                f"these prompt embeddings come from an EasyAnimate {embeddings.version} text encoder, but the model is "
-                f"{variant.version}; encode the prompt with the same model's text encoder."
-            )
-        if scheduler == "auto":
-            scheduler = DEFAULT_SCHEDULER[variant.version]
-        from ..models.frames import fit_clip_length  # clips of any length (VHS): docs/compatibility.md, clip length
-
         clips = {"input_video": input_video, "control_video": control_video}
         frames, notes = fit_clip_length(frames, {k: len(v) for k, v in clips.items() if v is not None})
         for note in notes:  # logging, not print: ComfyUI's stdout wrapper holds prints back until its buffer fills
@@ -139,8 +151,9 @@ class EasyAnimateVideoSampler:
             from ..models.editing import prepare_mask
 
             request.input_mask = prepare_mask(mask, frames, height, width)
-        pipeline.check_request(variant, request)  # wrong inputs for this model: fail before loading anything
-        device = torch_device()
+        # Validated and priced before loading: a wrong input or a request that cannot fit is refused in seconds.
+        run = plan_run(model, request, embeddings.version, torch_device(), free_vram)
+        variant, device = run.variant, run.device
         progress = Progress(steps)
         latest = {}
 
@@ -148,26 +161,13 @@ class EasyAnimateVideoSampler:
             preview = _latent_preview(latest["latents"]) if progress.active and "latents" in latest else None
             progress.callback(done, total, preview)
 
-        # Priced before loading (and again before sampling): refused here within seconds, not minutes into a run.
-        price = preflight.check_request(model, device, width, height, frames, cfg > 1.0,
-                                        free_vram(device, preflight.gpu_peak(model, width, height, frames, cfg > 1.0)))
         try:
-            transformer = model.transformer(device=device, interrupt=check_interrupt, size=(width, height, frames),
-                                            free_vram=price.vram_available or None)  # fmt: skip
-            plan = model.plan
-            if model.offloading:
-                model.release("text_encoder")  # prompts are encoded; free its RAM/VRAM before sampling
-                patcher = comfy_patcher(model, "transformer", None, 0, device)  # so "unload models" reaches it
-                load_on_device(patcher, full=False)
-                make_room(max(plan.peak_vram, 0), device, keep=[patcher])
-            else:
-                from ..models.quant import allocated_bytes
-
-                load_on_device(comfy_patcher(model, "transformer", transformer, allocated_bytes(transformer), device))
-            preflight.check_request(model, device, width, height, frames, cfg > 1.0, free_vram(device))
+            transformer = run.load_transformer(interrupt=check_interrupt)
+            hold_on_device(model, "transformer", run.residency(transformer), device)
+            run.recheck(free_vram(device))
             with model.placement(transformer, device):
                 latents = pipeline.generate(
-                    transformer, model.vae(device=device), _text_streams(embeddings, cfg > 1.0), request,
+                    transformer, model.vae(device=device), _text_streams(embeddings, run.cfg), run.request,
                     variant=variant, scheduler_config=model.scheduler_config(), device=device, dtype=model.dtype,
                     teacache_threshold=teacache_threshold, teacache_skip_start=teacache_skip_start,
                     interrupt=check_interrupt,
@@ -176,17 +176,13 @@ class EasyAnimateVideoSampler:
         except Exception as error:
             if not is_out_of_memory(error):
                 raise
-            from ..models.memory import oom_advice
-
             latest.clear()
             error.__traceback__ = None  # its frames hold the failed step's tensors: drop them before freeing
             free_memory()
-            plan = model.plan
-            raise RuntimeError(oom_advice(model.memory_mode if plan is None else plan.mode,
-                                          "?" if plan is None else plan.storage, width, height, frames)) from None
+            raise RuntimeError(run.oom_message()) from None
         finally:
             free_memory()
-        result = {"samples": latents, "version": variant.version, "model": model.path.name, "fps": 8}
+        result = {"samples": latents, "version": variant.version, "model": model.path.name, "fps": DEFAULT_FPS}
         if mask is not None and mask_composite:
             from ..models.editing import composite_plan
 

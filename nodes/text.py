@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..models.defaults import MAX_SEQUENCE_LENGTH
 from .bridge import Progress, check_interrupt, free_memory, torch_device
 
 
@@ -12,8 +13,8 @@ class EasyAnimatePromptEncode:
     RETURN_NAMES = ("embeddings",)
     DESCRIPTION = (
         "Encodes the prompt and negative prompt exactly as the model was trained: Bert + mT5 for V5, Qwen2-VL "
-        "(penultimate layer, 256 tokens) for V5.1. Identical prompts are not encoded twice; the text encoder is "
-        "released afterwards so the transformer gets the memory."
+        f"(penultimate layer, {MAX_SEQUENCE_LENGTH} tokens) for V5.1. Identical prompts are not encoded twice; the text "
+        "encoder is released afterwards so the transformer gets the memory."
     )
 
     @classmethod

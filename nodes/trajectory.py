@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
+from ..models.defaults import (
+    DEFAULT_FRAMES,
+    DEFAULT_HEIGHT,
+    DEFAULT_WIDTH,
+    FRAME_STEP,
+    MAX_FRAMES,
+    MAX_SIDE,
+    MIN_FRAMES,
+    MIN_SIDE,
+    SIDE_MULTIPLE,
+)  # fmt: skip
+
 _EXAMPLE = '[{"x": 120, "y": 200}, {"x": 200, "y": 180}, {"x": 300, "y": 150}]'
 
 
@@ -23,9 +35,9 @@ class EasyAnimateTrajectory:
             "required": {
                 "tracks": ("STRING", {"default": _EXAMPLE, "multiline": True,
                                       "tooltip": "Pixel coordinates in the output frame (x right, y down)."}),
-                "width": ("INT", {"default": 672, "min": 16, "max": 2048, "step": 16}),
-                "height": ("INT", {"default": 384, "min": 16, "max": 2048, "step": 16}),
-                "frames": ("INT", {"default": 49, "min": 1, "max": 253, "step": 4,
+                "width": ("INT", {"default": DEFAULT_WIDTH, "min": MIN_SIDE, "max": MAX_SIDE, "step": SIDE_MULTIPLE}),
+                "height": ("INT", {"default": DEFAULT_HEIGHT, "min": MIN_SIDE, "max": MAX_SIDE, "step": SIDE_MULTIPLE}),
+                "frames": ("INT", {"default": DEFAULT_FRAMES, "min": MIN_FRAMES, "max": MAX_FRAMES, "step": FRAME_STEP,
                                    "tooltip": "The sampler's frame count."}),
             }
         }  # fmt: skip

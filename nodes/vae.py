@@ -2,41 +2,24 @@
 
 from __future__ import annotations
 
+from ..models.defaults import DEFAULT_FPS
 from .bridge import Progress, check_interrupt, free_memory, free_vram, is_out_of_memory, torch_device
 
-FPS = 8  # EasyAnimate V5/V5.1 were trained at 8 fps (docs/faithfulness.md, conditioning)
+FPS = DEFAULT_FPS  # the rate the latents carry to the fps output (docs/faithfulness.md, conditioning)
 TILE_TOOLTIP = "Spatial tile size in pixels (0 = automatic from free memory). Smaller tiles use less memory."
-
-
-def _vae_memory_budget(device) -> int | None:
-    """Half the free GPU memory for decode tiles; no tiling on the CPU."""
-    free = free_vram(device)
-    return None if free is None else free // 2
-
-
-def _placed(model, vae, device):
-    """model_cpu_offload / sequential: the VAE rests in RAM and is copied to the device only while it runs."""
-    import contextlib
-
-    if not getattr(model, "offloading", False) or getattr(device, "type", "cpu") == "cpu":
-        return contextlib.nullcontext(vae)
-    from ..models.offload import on_device
-
-    return on_device(vae, device)
 
 
 def _run_vae(model, method: str, tensor, tile_size: int):
     """vae.encode / vae.decode on ComfyUI's device, tiles from the memory plan's budget (or free VRAM), with
     progress, cancel, memory released afterwards and an actionable message on out-of-memory."""
+    from ..models.runplan import vae_oom_message, vae_placement, vae_tile_budget
+
     device = torch_device()
     vae = model.vae(device=device)
-    budget = None if tile_size else _vae_memory_budget(device)
-    plan = getattr(model, "plan", None)
-    if budget is not None and plan is not None and plan.vae_budget:
-        budget = min(budget, plan.vae_budget)  # the same memory plan as the sampler (models/memory.py)
+    budget = None if tile_size else vae_tile_budget(model, free_vram(device))
     progress = Progress(1)
     try:
-        with _placed(model, vae, device):
+        with vae_placement(model, vae, device):
             return getattr(vae, method)(
                 tensor, tile_size=tile_size or None, memory_budget=budget, device=device,
                 progress=progress.callback, interrupt=check_interrupt,
@@ -44,15 +27,8 @@ def _run_vae(model, method: str, tensor, tile_size: int):
     except Exception as error:
         if not is_out_of_memory(error):
             raise
-        from ..models.memory import oom_advice
-
         free_memory()
-        frames, height, width = tensor.shape[2:]
-        if method == "decode":  # latent → pixel sizes
-            frames, height, width = (frames - 1) * 4 + 1, height * 8, width * 8
-        raise RuntimeError(
-            oom_advice(getattr(model, "memory_mode", "auto"), "?", width, height, frames, stage=method)
-        ) from None
+        raise RuntimeError(vae_oom_message(model, method, tuple(tensor.shape))) from None
     finally:
         free_memory()
 

@@ -111,7 +111,7 @@ bridge.load_on_device(ours)
 bridge.load_on_device(ours)                       # asked again (the next prompt): ComfyUI re-attaches, keeps it
 result_again = {"kept_on_reload": model.is_loaded("transformer") and not transformer.proj.weight.is_meta}
 del transformer, ours                             # as in the server: only the model object holds it
-ours = model.__dict__["_comfy_patchers"]["transformer"]
+ours = bridge.patcher_of(model, "transformer")
 other = comfy.model_patcher.ModelPatcher(torch.nn.Linear(8, 8), load_device=device, offload_device=device)
 mm.load_models_gpu([other])
 kept = bridge.loaded_records([ours])
@@ -127,6 +127,7 @@ result["left_loaded"] = len(mm.current_loaded_models)
 transformer = model.transformer(device=device, log=lambda s: None)  # and it loads again after that
 bridge.load_on_device(bridge.comfy_patcher(model, "transformer", transformer, allocated_bytes(transformer), device))
 result["reloaded"] = sum(r.model is not None and r.model.model is transformer for r in mm.current_loaded_models)
+result["state_on_model"] = sorted(k for k in vars(model) if "comfy" in k or "patcher" in k)  # kept beside it
 print("RESULT " + json.dumps(result))
 """
 
@@ -143,4 +144,4 @@ def test_real_comfyui_keeps_our_record_and_its_unload_releases_our_transformer(t
     assert lines, run.stderr[-3000:]
     assert json.loads(lines[-1][7:]) == {"kept_on_reload": True, "records": 1, "ours_kept": True, "other_kept": False,
                                          "loaded_before_unload": True, "loaded_after_unload": False,
-                                         "left_loaded": 0, "reloaded": 1}  # fmt: skip
+                                         "left_loaded": 0, "reloaded": 1, "state_on_model": []}  # fmt: skip

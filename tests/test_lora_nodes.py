@@ -3,6 +3,8 @@ and removing LoRAs between runs (bit-identical to runs that never saw them, no r
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import psutil
 import pytest
@@ -26,7 +28,8 @@ def lora_dir(tmp_path, monkeypatch, lora_nodes):
     (tmp_path / "styles").mkdir()
     (tmp_path / "styles" / "ink.safetensors").write_bytes(b"")
     (tmp_path / "old.ckpt").write_bytes(b"")
-    monkeypatch.setattr(lora_nodes, "model_dirs", lambda key: [tmp_path] if key == "loras" else [])
+    folders = importlib.import_module(lora_nodes.__name__.rsplit(".", 1)[0] + ".folders")  # the shared listing helper
+    monkeypatch.setattr(folders, "model_dirs", lambda key: [tmp_path] if key == "loras" else [])
     return tmp_path
 
 

@@ -93,3 +93,16 @@ def test_ram_preflight_names_the_need_the_free_ram_and_the_path(tmp_path):
     message = str(error.value)
     assert "30.0 GB" in message and "16.0 GB" in message and str(tmp_path) in message and "fp8_e4m3fn" in message
     check_ram(10 * GIB, "the transformer", tmp_path, "", available=16 * GIB)  # fits: no error
+
+
+def test_the_plan_reserves_the_vaes_own_estimate_at_its_smallest_tile():
+    """One VAE memory figure: the plan's decode term is the VAE tile planner's estimate (decode factor 9 x the last up
+    block's 256 channels x (4 + 2) frames x the smallest 128 px tile, bf16) — hand computation."""
+    from models.memory import vae_decode_bytes
+    from models.vae import VAE, VAEConfig
+
+    assert vae_decode_bytes(672, 384, torch.bfloat16, "v5.1") == 9 * 256 * 6 * 128 * 128 * 2
+    assert vae_decode_bytes(64, 96, torch.float32, "v5") == 9 * 256 * 6 * 96 * 64 * 4  # a frame below one tile
+    with torch.device("meta"):  # the planner never picks a smaller tile than the one the plan reserves for
+        vae = VAE(VAEConfig())
+    assert vae.auto_tile_size(2048, 2048, memory_budget=1, element_size=2) == 128

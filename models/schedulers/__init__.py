@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import torch
 
-from ..variants import DEFAULT_SCHEDULER, released_scheduler_config
+from ..defaults import DEFAULT_SCHEDULER, SCHEDULERS_BY_VERSION
+from ..variants import released_scheduler_config
 from .base import Sampler
 from .ddpm import DDIMSampler, EulerAncestralSampler, EulerSampler
 from .flow import FlowEulerSampler
@@ -35,13 +36,8 @@ from .multistep import DPMSolverSampler, FlowDPMSolverSampler, FlowUniPCSampler,
 from .pndm import PNDMSampler
 from .schedule import FLOW_MU, randn
 
-# Names follow the reference UI / ComfyUI dropdowns ("DPM++" = DPMSolverMultistep 2M). Flow is the only V5.1 sampler
-# upstream; "Flow UniPC" / "Flow DPM++" are the diffusers multistep solvers in flow mode (use_flow_sigmas,
-# flow_prediction) on the same config and μ. DDPM-family samplers must not be used for V5.1 and Flow not for V5.
-SCHEDULERS_BY_VERSION: dict[str, tuple[str, ...]] = {
-    "v5": ("DDIM", "Euler", "Euler A", "DPM++", "PNDM"),
-    "v5.1": ("Flow", "Flow UniPC", "Flow DPM++"),
-}
+# Names follow the reference UI / ComfyUI dropdowns ("DPM++" = DPMSolverMultistep 2M); the list per version is the
+# registry's SCHEDULERS_BY_VERSION (models/defaults.py).
 
 
 def make_scheduler(

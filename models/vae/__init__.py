@@ -44,7 +44,9 @@ from .config import (
     VAEInputError,
 )
 from .loading import _attention_in_keys, _config_from_shapes, _find_vae_folder, load_vae
-from .memory import DECODE_MEMORY_FACTOR, ENCODE_MEMORY_FACTOR, estimate_working_bytes
+from .memory import (
+    DECODE_MEMORY_FACTOR, ENCODE_MEMORY_FACTOR, MIN_TILE_LATENT, estimate_working_bytes, smallest_tile_working_bytes,
+)  # fmt: skip
 from .tiling import Tile, blend_ramps, latent_frame_count, pixel_frame_count, plan_tiles, tile_spans
 
 __all__ = [
@@ -54,4 +56,5 @@ __all__ = [
     "UpBlock", "Upsampler", "VAEConfig", "VAEConfigError", "VAEInputError", "_attention_in_keys",
     "_config_from_shapes", "_find_vae_folder", "blend_ramps", "causal_conv", "estimate_working_bytes",
     "frame_group_norm", "latent_frame_count", "load_vae", "pixel_frame_count", "plan_tiles", "tile_spans",
+    "MIN_TILE_LATENT", "smallest_tile_working_bytes",
 ]

@@ -10,7 +10,7 @@ from torch import nn
 from .. import ops as default_ops
 from .blocks import CausalState, Decoder, Encoder
 from .config import Interrupt, Progress, VAEConfig, VAEConfigError, VAEInputError
-from .memory import estimate_working_bytes
+from .memory import MIN_TILE_LATENT, estimate_working_bytes
 from .tiling import latent_frame_count, pixel_frame_count, plan_tiles
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -77,11 +77,11 @@ class VAE(nn.Module):
 
         if fits(height, width):
             return None
-        step = 8 * self.config.spatial_ratio
+        step, smallest = 8 * self.config.spatial_ratio, MIN_TILE_LATENT * self.config.spatial_ratio
         tile = max(height, width) // step * step
-        while tile > 2 * step and not fits(min(tile, height), min(tile, width)):
+        while tile > smallest and not fits(min(tile, height), min(tile, width)):
             tile -= step
-        return max(tile, 2 * step)
+        return max(tile, smallest)
 
     # -- encode ----------------------------------------------------------------------------------------------------
 

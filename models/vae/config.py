@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from ..defaults import VAE_SCALING_FACTOR
+
 SPATIAL_DOWN = "SpatialDownBlock3D"
 SPATIOTEMPORAL_DOWN = "SpatialTemporalDownBlock3D"
 SPATIAL_UP = "SpatialUpBlock3D"
@@ -46,7 +48,7 @@ class VAEConfig:
     norm_num_groups: int = 32
     mid_block_use_attention: bool | None = True
     mid_block_num_attention_heads: int = 1
-    scaling_factor: float = 0.7125
+    scaling_factor: float = VAE_SCALING_FACTOR
     mini_batch_encoder: int = 4  # pixel frames per encoder chunk after the first frame (cache_mag_vae)
     mini_batch_decoder: int = 1  # latent frames per decoder chunk after the first one
 

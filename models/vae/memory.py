@@ -13,6 +13,17 @@ DECODE_MEMORY_FACTOR = 9.0
 ENCODE_MEMORY_FACTOR = 7.0
 
 
+# The tile planner's smallest tile, in latent pixels (models/vae/causal.py, auto_tile_size).
+MIN_TILE_LATENT = 16
+
+
+def smallest_tile_working_bytes(config: VAEConfig, height: int, width: int, element_size: int = 4) -> int:
+    """The least working memory a decode of a height x width video can run in: one chunk over the smallest tile (or
+    the whole frame when it is smaller than that tile)."""
+    tile = MIN_TILE_LATENT * config.spatial_ratio
+    return estimate_working_bytes(config, min(height, tile), min(width, tile), 1, element_size, "decode")
+
+
 def estimate_working_bytes(config: VAEConfig, height: int, width: int, batch: int = 1, element_size: int = 4,
                            direction: Literal["decode", "encode"] = "decode", chunk_frames: int | None = None) -> int:
     """Rough peak working memory (bytes) of one chunk over a height x width pixel tile, used to pick a tile size from

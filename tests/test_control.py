@@ -350,6 +350,11 @@ def test_network_methods_load_without_network_and_leave_process_settings_alone(f
     for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TORCH_FORCE_WEIGHTS_ONLY_LOAD"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    # controlnet-aux's own first import sets variables (cv2's Qt paths, KMP_DUPLICATE_LIB_OK, TORCHINDUCTOR_CACHE_DIR),
+    # once per process, whichever test imports it first: import it here so that only our calls are compared
+    from models.preprocess.annotators import _import_controlnet_aux
+
+    _import_controlnet_aux()
     environment_before = dict(os.environ)
     seen = []
 

@@ -158,9 +158,9 @@ def load_state_streaming(
                 wanted = keep_dtype(name) if keep_dtype is not None else None
                 wanted = wanted or dtype
                 if wanted is not None and tensor.is_floating_point():
-                    if saturate and wanted in _FP8_DTYPES:
+                    if saturate and wanted in _FP8_DTYPES:  # in place on the read buffer: no temporary
                         limit = torch.finfo(wanted).max
-                        tensor = tensor.clamp(-limit, limit)
+                        tensor = tensor.clamp_(-limit, limit)
                     tensor = tensor.to(device=device, dtype=wanted, copy=True)
                 else:
                     tensor = tensor.to(device=device, copy=True)

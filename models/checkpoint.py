@@ -4,8 +4,16 @@ names), detect.py (version / size / kind / layout), stream.py (the streaming loa
 
 from .loading.detect import STRUCTURAL_FIELDS, Detection, InferredTransformer, detect, infer_transformer
 from .loading.files import FoundWeights, find_weights, weight_files
-from .loading.headers import (PICKLE_SUFFIXES, CheckpointError, MissingFilesError, TensorInfo, UnsafeCheckpointError,
-                              pickle_refusal, read_headers, read_safetensors_header)
+from .loading.headers import (
+    PICKLE_SUFFIXES,
+    CheckpointError,
+    MissingFilesError,
+    TensorInfo,
+    UnsafeCheckpointError,
+    pickle_refusal,
+    read_headers,
+    read_safetensors_header,
+)
 from .loading.keys import diffusers_to_original_key, key_mapper, original_to_diffusers_key
 from .loading.stream import LoadReport, load_state_streaming
 

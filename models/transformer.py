@@ -296,4 +296,5 @@ class EasyAnimateTransformer(nn.Module):
 
 
 # Loading lives in models/loading/transformer.py; these names stay importable from here.
-from .loading.transformer import load_transformer, transformer_checkpoint as _transformer_checkpoint  # noqa: E402
+from .loading.transformer import load_transformer  # noqa: E402, F401
+from .loading.transformer import transformer_checkpoint as _transformer_checkpoint  # noqa: E402, F401

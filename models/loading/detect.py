@@ -15,8 +15,14 @@ from typing import Callable, Mapping
 
 from ..variants import V5, V5_1, VARIANTS, Variant, kind_for_in_channels, released_vae_config, variant_for
 from .files import find_weights, weight_files
-from .headers import PICKLE_SUFFIXES, CheckpointError, MissingFilesError, pickle_refusal, read_headers, \
-    read_safetensors_header
+from .headers import (
+    PICKLE_SUFFIXES,
+    CheckpointError,
+    MissingFilesError,
+    pickle_refusal,
+    read_headers,
+    read_safetensors_header,
+)
 from .keys import key_mapper
 
 _ANCHOR = "time_embedding.linear_1.weight"

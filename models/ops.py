@@ -31,7 +31,8 @@ def cast_like(param: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | 
     if param.device != like.device:
         raise MisplacedWeightError(
             f"a {tuple(param.shape)} weight is on {param.device} but the layer's input is on {like.device}: the "
-            f"module was not moved to {like.device} before running (models/offload.py places weights).")
+            f"module was not moved to {like.device} before running (models/offload.py places weights). If ComfyUI "
+            f"loaded the model only partly, choose memory_mode model_cpu_offload or sequential.")
     if param.dtype == like.dtype:
         return param
     return param.to(dtype=like.dtype)

@@ -128,7 +128,7 @@ class ModelComponents:
 
     def _load_transformer(self, device, progress, interrupt, size, free_vram, log):
         from .memory import STORAGE_DTYPES, check_ram, transformer_weight_bytes
-        from .quant import load_transformer_fp8
+        from .loading.transformer import load_transformer
 
         plan = self.plan = self.make_plan(device, size, free_vram)
         log(plan.summary())
@@ -141,7 +141,7 @@ class ModelComponents:
         from .attention import resolve_attention
 
         backend, attention = resolve_attention(self.attention, device, self.dtype, log)
-        model = load_transformer_fp8(
+        model = load_transformer(
             self.path, dtype=self.dtype, storage_dtype=storage, fp8_mode=self.fp8_mode, device=load_device,
             progress=progress, interrupt=interrupt, attention=attention,
         )  # fmt: skip

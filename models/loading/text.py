@@ -150,12 +150,12 @@ def _stream_in(model: nn.Module, files: StreamFiles, rename: Callable[[str], str
                storage_dtype: torch.dtype | None, fp8_layers: list[str], device: torch.device) -> nn.Module:
     """Give the fp8 layers the ops Linear, then fill every parameter from the files (models/loading/stream.py):
     tensors the model has no place for (vision tower, LM head, the skipped last layer, pooler) are never read."""
-    if storage_dtype is not None and fp8_layers:
+    fp8_weights = {f"{name}.weight" for name in fp8_layers} if storage_dtype is not None else set()
+    if fp8_weights:
         _use_ops_linears(model, fp8_layers, layer_ops.cast)
-        fp8_weights = {f"{name}.weight" for name in fp8_layers}
-        keep_dtype = lambda name: storage_dtype if name in fp8_weights else dtype  # noqa: E731
-    else:
-        keep_dtype = None
+
+    def keep_dtype(name: str) -> torch.dtype:  # fp8 only for the ops Linear weights; biases, norms: compute dtype
+        return storage_dtype if name in fp8_weights else dtype
     try:
         load_state_streaming(model, files.weight_files, dtype, rename=rename, keep_dtype=keep_dtype, strict=False,
                              device=device, saturate=True)

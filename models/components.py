@@ -42,6 +42,7 @@ class ModelComponents:
     compile_blocks: bool = False  # torch.compile each transformer block (models/compile.py)
     # Run the offload machinery even on a CPU device (tests and benchmarks rehearse the GPU path; RAM holds both).
     offload_on_cpu: bool = False
+    text_storage_dtype: torch.dtype | None = None  # fp8: the text encoders' big Linear weights (models/loading/text.py)
     _loaded: dict = field(default_factory=dict, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     # Called as hook(components, name) after a component is released (nodes/bridge.py drops its ComfyUI record).
@@ -128,7 +129,7 @@ class ModelComponents:
 
     def _load_transformer(self, device, progress, interrupt, size, free_vram, log):
         from .memory import STORAGE_DTYPES, check_ram, transformer_weight_bytes
-        from .quant import load_transformer_fp8
+        from .loading.transformer import load_transformer
 
         plan = self.plan = self.make_plan(device, size, free_vram)
         log(plan.summary())
@@ -141,7 +142,7 @@ class ModelComponents:
         from .attention import resolve_attention
 
         backend, attention = resolve_attention(self.attention, device, self.dtype, log)
-        model = load_transformer_fp8(
+        model = load_transformer(
             self.path, dtype=self.dtype, storage_dtype=storage, fp8_mode=self.fp8_mode, device=load_device,
             progress=progress, interrupt=interrupt, attention=attention,
         )  # fmt: skip
@@ -182,7 +183,8 @@ class ModelComponents:
         folder = self._folder_for("text encoder")
         return self._get(
             "text_encoder",
-            lambda: load_text_encoder(folder, self.version, dtype=self.dtype, device=device, lazy=True),
+            lambda: load_text_encoder(folder, self.version, dtype=self.dtype, storage_dtype=self.text_storage_dtype,
+                                      device=device, lazy=True),
         )
 
     def scheduler_config(self) -> dict | None:
@@ -240,7 +242,7 @@ def release_other_copies(keep: ModelComponents, name: str) -> None:
 def open_model(path: str | Path, precision: str = "bf16", weight_storage: str | None = None,
                memory_mode: str = "auto", resident_blocks: int = 0, fp8_mode: str = "quality",
                companion_candidates: list[Path] = (), attention: str = "auto",
-               compile_blocks: bool = False) -> ModelComponents:
+               compile_blocks: bool = False, text_encoder_storage: str | None = None) -> ModelComponents:
     """Detect the model at `path` and return its (shared) components object for these settings.
 
     A single transformer file borrows its VAE, text encoder and scheduler from the first of `companion_candidates`
@@ -256,13 +258,17 @@ def open_model(path: str | Path, precision: str = "bf16", weight_storage: str | 
     if fp8_mode not in FP8_MODES:
         raise ValueError(f"fp8_mode must be one of {FP8_MODES}, got {fp8_mode!r}")
     storage = STORAGE_DTYPES.get(weight_storage) if weight_storage else None
+    if text_encoder_storage not in (None, *STORAGE_DTYPES):
+        raise ValueError(f"text_encoder_storage must be None or one of {sorted(STORAGE_DTYPES)}, got "
+                         f"{text_encoder_storage!r}")
+    text_storage = STORAGE_DTYPES.get(text_encoder_storage) if text_encoder_storage else None
     fp8_mode = fp8_mode if storage is not None else "quality"  # only matters with fp8 storage
     from .attention import ATTENTION_CHOICES
 
     if attention not in ATTENTION_CHOICES:
         raise ValueError(f"attention must be one of {ATTENTION_CHOICES}, got {attention!r}")
     key = (str(path), precision, str(storage), memory_mode, int(resident_blocks), fp8_mode, path.stat().st_mtime_ns,
-           attention, bool(compile_blocks))
+           attention, bool(compile_blocks), str(text_storage))
     with _live_lock:
         components = _live.get(key)
     if components is not None:
@@ -276,7 +282,7 @@ def open_model(path: str | Path, precision: str = "bf16", weight_storage: str | 
         check_component_files(folder)  # truncated VAE / text encoder / tokenizer files: named now, not at sampling
     components = ModelComponents(path, detection, DTYPES[precision], storage, memory_mode, int(resident_blocks),
                                  fp8_mode, companion=companion, attention=attention,
-                                 compile_blocks=bool(compile_blocks))  # fmt: skip
+                                 compile_blocks=bool(compile_blocks), text_storage_dtype=text_storage)  # fmt: skip
     with _live_lock:
         return _live.setdefault(key, components)
 

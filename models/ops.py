@@ -2,8 +2,10 @@
 
 The transformer and VAE build every parameterised layer from an `ops` namespace instead of `torch.nn` directly, so
 storage precision (fp8 for qfloat8) and placement (offload) are decided here, never inside the blocks. The default
-namespace, `cast`, casts each weight/bias to the input's dtype and device at call time: a no-op when they already
-match, and an upcast when weights are stored in fp8 and activations run in bf16/fp32.
+namespace, `cast`, casts each weight/bias to the input's dtype at call time: a no-op when they already match, and
+an upcast when weights are stored in fp8 and activations run in bf16/fp32. It never moves a weight to another device:
+placement is decided by models/offload.py, and a weight on the wrong device is an error (docs/architecture.md,
+layering), not a silent host-to-device copy on every call.
 """
 
 from __future__ import annotations
@@ -17,13 +19,23 @@ from torch import nn
 from .attention import sdpa
 
 
+class MisplacedWeightError(RuntimeError):
+    """A layer's weight is not on the device its input is on: the module was not placed before it ran."""
+
+
 def cast_like(param: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
-    """Return `param` in `like`'s dtype and device (a view-free no-op when both already match)."""
+    """Return `param` in `like`'s dtype (a view-free no-op when it already matches). Raises MisplacedWeightError when
+    `param` lives on another device than `like`."""
     if param is None:
         return None
-    if param.dtype == like.dtype and param.device == like.device:
+    if param.device != like.device:
+        raise MisplacedWeightError(
+            f"a {tuple(param.shape)} weight is on {param.device} but the layer's input is on {like.device}: the "
+            f"module was not moved to {like.device} before running (models/offload.py places weights). If ComfyUI "
+            f"loaded the model only partly, choose memory_mode model_cpu_offload or sequential.")
+    if param.dtype == like.dtype:
         return param
-    return param.to(device=like.device, dtype=like.dtype, non_blocking=True)
+    return param.to(dtype=like.dtype)
 
 
 class Linear(nn.Linear):
@@ -51,14 +63,34 @@ class GroupNorm(nn.GroupNorm):
         return F.group_norm(x, self.num_groups, cast_like(self.weight, x), cast_like(self.bias, x), self.eps)
 
 
+class RMSNorm(nn.Module):
+    """Normalise in fp32, cast back to the input dtype, then scale (the V5.1 text-feature norm, docs/faithfulness.md,
+    text streams)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, device=None, dtype=None):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        normed = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+        return normed * cast_like(self.weight, normed)
+
+
 # `attention(q, k, v)` [B, heads, tokens, head_dim]: the backend the transformer calls (models/attention.py)
 cast = SimpleNamespace(Linear=Linear, Conv2d=Conv2d, Conv3d=Conv3d, LayerNorm=LayerNorm, GroupNorm=GroupNorm,
-                       attention=sdpa)
+                       RMSNorm=RMSNorm, attention=sdpa)
 
 
 def resolve(ops: SimpleNamespace | None) -> SimpleNamespace:
-    """The namespace a constructor should use: the one given, else the default casting layers."""
-    return cast if ops is None else ops
+    """The namespace a constructor should use: the one given (entries it lacks taken from the default casting
+    layers), else the default casting layers."""
+    if ops is None:
+        return cast
+    if all(hasattr(ops, name) for name in vars(cast)):
+        return ops
+    return SimpleNamespace(**{**vars(cast), **vars(ops)})
 
 
 # -- LoRA: low-rank deltas added in the forward (docs/lora.md) ---------------------------------------------------------

@@ -97,7 +97,7 @@ class ScaledLinear(cast_ops.Linear):
             return super().forward(x)
         if self.fp8_matmul and fp8_matmul_supported(x.device) and x.shape[-1] % 16 == 0 and self.out_features % 16 == 0:
             return self._scaled_mm_forward(x, scale)
-        weight = dequantize(self.weight.to(x.device, non_blocking=True), scale.to(x.device), x.dtype)
+        weight = dequantize(self.weight, scale, x.dtype)  # placed by models/offload.py, never moved here
         return F.linear(x, weight, cast_ops.cast_like(self.bias, x))
 
     def _scaled_mm_forward(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -105,8 +105,8 @@ class ScaledLinear(cast_ops.Linear):
         flat = x.reshape(-1, x.shape[-1])
         x_scale = (flat.abs().max().float().clamp(min=1e-12) / fp8_max(torch.float8_e4m3fn)).reshape(())
         x8 = (flat.float() / x_scale).to(torch.float8_e4m3fn)
-        w8 = self.weight.to(x.device).to(torch.float8_e4m3fn)
-        out = torch._scaled_mm(x8, w8.t(), scale_a=x_scale, scale_b=scale.to(x.device).float(), out_dtype=x.dtype)
+        w8 = self.weight.to(torch.float8_e4m3fn)
+        out = torch._scaled_mm(x8, w8.t(), scale_a=x_scale, scale_b=scale.float(), out_dtype=x.dtype)
         if self.bias is not None:
             out = out + cast_ops.cast_like(self.bias, out)
         return out.reshape(*x.shape[:-1], self.out_features)
@@ -118,7 +118,7 @@ def scaled_ops(fp8_matmul: bool = False) -> SimpleNamespace:
     return SimpleNamespace(**{**vars(cast_ops.cast), "Linear": linear})
 
 
-class _ScaledLoader:
+class ScaledLoader:
     """Hooks for `load_state_streaming` that turn each scaled Linear weight into (fp8, scale) right after it is
     assigned: the loader reads that one tensor in the compute dtype, then this replaces it — at most one extra
     full-precision tensor exists at any time."""
@@ -152,42 +152,16 @@ class _ScaledLoader:
 # -- loading ----------------------------------------------------------------------------------------------------------
 
 
-def load_transformer_fp8(
-    source,
-    dtype: torch.dtype = torch.bfloat16,
-    storage_dtype: torch.dtype | None = torch.float8_e4m3fn,
-    fp8_mode: str = "quality",
-    device="cpu",
-    fp8_matmul: bool = False,
-    progress: Callable[[int, int], None] | None = None,
-    interrupt: Callable[[], None] | None = None,
-    attention=None,
-):
-    """`models.transformer.load_transformer` with the fp8 storage rule of `fp8_mode`: streams tensor by tensor from
-    safetensors straight into the held dtype (never a full bf16 copy in RAM). Non-fp8 storage ignores fp8_mode.
-    attention: the attention function to inject (models/attention.py; None = SDPA)."""
-    from .attention import with_attention
+def load_transformer_fp8(source, dtype: torch.dtype = torch.bfloat16,
+                         storage_dtype: torch.dtype | None = torch.float8_e4m3fn, fp8_mode: str = "quality", device="cpu",
+                         fp8_matmul: bool = False, progress: Callable[[int, int], None] | None = None,
+                         interrupt: Callable[[], None] | None = None, attention=None):
+    """`models.loading.transformer.load_transformer` with qfloat8 defaults (e4m3 storage, "quality" mode): streams
+    tensor by tensor from safetensors straight into the held dtype (never a full bf16 copy in RAM)."""
+    from .loading.transformer import load_transformer
 
-    from .checkpoint import load_state_streaming
-    from .transformer import EasyAnimateTransformer, TransformerParams, _transformer_checkpoint
-
-    rule = storage_rule(fp8_mode, storage_dtype, dtype)
-    config, files, rename = _transformer_checkpoint(source)
-    params = TransformerParams.from_config(config)
-    scaled = fp8_mode == "scaled" and storage_dtype in FP8_DTYPES
-    ops = scaled_ops(fp8_matmul) if scaled else cast_ops.cast
-    with torch.device("meta"):
-        model = EasyAnimateTransformer(params, ops if attention is None else with_attention(ops, attention))
-    loader = _ScaledLoader(model, rule, storage_dtype, dtype) if scaled else None
-    load_state_streaming(
-        model, files, dtype, rename=rename, keep_dtype=loader.keep_dtype if loader else rule, strict=True,
-        device=device, progress=progress, interrupt=interrupt,
-    )  # fmt: skip
-    if loader is not None:
-        loader.flush()
-    model.compute_dtype = dtype
-    model.fp8_mode = fp8_mode if storage_dtype in FP8_DTYPES else None
-    return model.eval().requires_grad_(False)
+    return load_transformer(source, dtype, storage_dtype, device=device, progress=progress, interrupt=interrupt,
+                            fp8_mode=fp8_mode, fp8_matmul=fp8_matmul, attention=attention)
 
 
 def allocated_bytes(module: torch.nn.Module) -> int:

@@ -9,7 +9,6 @@ Layers come from an injected `ops` namespace (models/ops.py); this file never de
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import Callable
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from . import ops as default_ops
+from .ops import resolve as resolve_ops
 from .rope import apply_rope, video_rope
 from .transformer_options import NO_OPTIONS, TransformerOptions
 
@@ -71,20 +70,6 @@ class TransformerParams:
 
     def to_config(self) -> dict:
         return asdict(self)
-
-
-class RMSNorm(nn.Module):
-    """V5.1 text-feature RMSNorm: normalise in fp32, cast back, then scale (docs/faithfulness.md, text streams)."""
-
-    def __init__(self, dim: int, eps: float = 1e-6):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        normed = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
-        return normed * default_ops.cast_like(self.weight, normed)
 
 
 class TimestepEmbedding(nn.Module):
@@ -164,7 +149,7 @@ class Block(nn.Module):
 
     def __init__(self, p: TransformerParams, mmdit: bool, ops=None):
         super().__init__()
-        ops = default_ops.resolve(ops)
+        ops = resolve_ops(ops)
         dim, heads = p.inner_dim, p.num_attention_heads
         self.norm1 = AdaNormZero(dim, p.time_embed_dim, p.norm_eps, ops)
         self.attn1 = Attention(dim, heads, ops)
@@ -172,7 +157,7 @@ class Block(nn.Module):
         self.norm2 = AdaNormZero(dim, p.time_embed_dim, p.norm_eps, ops)
         self.ff = FeedForward(dim, ops)
         self.txt_ff = FeedForward(dim, ops) if mmdit else None
-        self.attention = getattr(ops, "attention", default_ops.cast.attention)  # q,k,v [B,H,N,D]; models/attention.py
+        self.attention = ops.attention  # q,k,v [B,H,N,D]; models/attention.py
 
     def forward(self, x: torch.Tensor, text: torch.Tensor, emb: torch.Tensor, rope, attention=None):
         text_attn, text_ff = self.attn2 or self.attn1, self.txt_ff or self.ff
@@ -208,13 +193,13 @@ class OutputNorm(nn.Module):
 class EasyAnimateTransformer(nn.Module):
     def __init__(self, params: TransformerParams, ops=None):
         super().__init__()
-        ops = default_ops.resolve(ops)
+        ops = resolve_ops(ops)
         p = self.params = params
         dim = p.inner_dim
         self.time_embedding = TimestepEmbedding(dim, p.time_embed_dim, ops)
         self.proj = ops.Conv2d(p.in_channels, dim, kernel_size=p.patch_size, stride=p.patch_size)
         if p.add_norm_text_encoder:  # V5.1: Qwen2-VL features
-            self.text_proj = nn.Sequential(getattr(ops, "RMSNorm", RMSNorm)(p.text_embed_dim), ops.Linear(p.text_embed_dim, dim))
+            self.text_proj = nn.Sequential(ops.RMSNorm(p.text_embed_dim), ops.Linear(p.text_embed_dim, dim))
         else:  # V5: Bert stream (+ mT5 stream)
             self.text_proj = ops.Linear(p.text_embed_dim, dim)
         self.text_proj_t5 = ops.Linear(p.text_embed_dim_t5, dim) if p.text_embed_dim_t5 else None
@@ -307,65 +292,6 @@ class EasyAnimateTransformer(nn.Module):
         return tokens
 
 
-# --- loading -------------------------------------------------------------------------------------------------------
-
-
-def load_transformer(
-    source,
-    dtype: torch.dtype = torch.bfloat16,
-    storage_dtype: torch.dtype | None = None,
-    ops=None,
-    device="cpu",
-    progress: Callable[[int, int], None] | None = None,
-    interrupt: Callable[[], None] | None = None,
-) -> EasyAnimateTransformer:
-    """Build the transformer on the meta device and stream its weights in, tensor by tensor, as `storage_dtype`.
-
-    source: a model folder (original or `-diffusers` layout), its `transformer/` folder, or a single transformer
-      `.safetensors` file of either key naming. Version, size and kind come from the tensor names and shapes; config
-      keys absent from config.json take the released values of the variant registry (docs/checkpoints.md, transformer
-      config).
-    dtype: the compute dtype (`model.compute_dtype`; feed latents in it); storage_dtype: the weights' dtype in memory
-      (default `dtype`; float8_e4m3fn / float8_e5m2 for qfloat8 — the ops layers upcast at call time).
-    Missing, unexpected or wrongly shaped tensors raise one CheckpointError; pickle files are refused.
-    """
-    from .checkpoint import load_state_streaming
-
-    config, files, rename = _transformer_checkpoint(source)
-    params = TransformerParams.from_config(config)
-    with torch.device("meta"):
-        model = EasyAnimateTransformer(params, ops)
-    load_state_streaming(model, files, storage_dtype or dtype, rename=rename, strict=True, device=device,
-                         progress=progress, interrupt=interrupt)
-    model.compute_dtype = dtype
-    return model.eval().requires_grad_(False)
-
-
-def _transformer_checkpoint(source):
-    """(config, weight files, key rename) of a model folder, a bare transformer folder or a single file."""
-    from pathlib import Path
-
-    from .checkpoint import (CheckpointError, detect, infer_transformer, key_mapper, read_headers, weight_files)
-    from .variants import variant_for
-
-    path = Path(source).expanduser().absolute()
-    bare_folder = path.is_dir() and not (path / "transformer").is_dir() and any(path.glob("*.safetensors*"))
-    if not bare_folder:  # a whole model folder or a single file
-        found = detect(path)
-        return found.transformer_config, found.transformer_files, found.key_mapper("original")
-    files = weight_files(path, describe="the MMDiT transformer weights")
-    inferred = infer_transformer({k: info.shape for k, (info, _) in read_headers(files).items()}, path)
-    config = variant_for(inferred.version, inferred.size, inferred.kind).transformer_config()
-    on_disk = {}
-    if (path / "config.json").is_file():
-        try:
-            on_disk = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        except ValueError as error:
-            raise CheckpointError(f"{path / 'config.json'} is not valid JSON ({error}). Re-download it.") from None
-    conflicts = [f"{k}: config.json says {on_disk[k]!r}, the weights say {v!r}"
-                 for k, v in inferred.config.items() if k in on_disk and on_disk[k] != v]
-    if conflicts:
-        raise CheckpointError(f"{path / 'config.json'} contradicts the weights in {path}:\n  " + "\n  ".join(conflicts))
-    config.update(on_disk)
-    config.update(inferred.config)
-    return config, files, key_mapper(inferred.key_format, inferred.key_prefix, "original")
+# Loading lives in models/loading/transformer.py; these names stay importable from here.
+from .loading.transformer import load_transformer  # noqa: E402, F401
+from .loading.transformer import transformer_checkpoint as _transformer_checkpoint  # noqa: E402, F401

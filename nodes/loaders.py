@@ -108,18 +108,21 @@ class EasyAnimateModelLoader:
                 "fp8_mode": (list(FP8_MODES), {"default": FP8_MODES[0]}),
                 "attention": (list(ATTENTION_CHOICES), {"default": ATTENTION_CHOICES[0], "tooltip": "auto: flash-attn if installed, else PyTorch SDPA. sage (SageAttention) is faster and changes the output slightly. A choice that is not installed falls back to SDPA with a message."}),
                 "compile": ("BOOLEAN", {"default": False, "tooltip": "torch.compile each transformer block: faster steps after a one-time compile (minutes) per video size; needs a working Triton/C++ compiler."}),
+                "text_encoder_storage": (list(WEIGHT_STORAGES), {"default": SAME_AS_PRECISION, "tooltip": "fp8 storage of the text encoders' big Linear weights (mT5, Qwen2-VL; Bert stays as is): about half their memory, prompt embeddings change slightly."}),
             },
         }
 
     def load(self, model, precision, weight_storage, memory_mode=MEMORY_MODE_CHOICES[0], resident_blocks=0,
-             fp8_mode=FP8_MODES[0], attention=ATTENTION_CHOICES[0], compile=False):
+             fp8_mode=FP8_MODES[0], attention=ATTENTION_CHOICES[0], compile=False,
+             text_encoder_storage=SAME_AS_PRECISION):  # fmt: skip
         from ..models.components import open_model
 
         storage = None if weight_storage == SAME_AS_PRECISION else weight_storage
         companions = [resolve_model(name) for name in list_models() if not name.startswith(SINGLE_FILE_PREFIX)]
         return (
             open_model(resolve_model(model), precision, storage, memory_mode, resident_blocks, fp8_mode, companions,
-                       attention=attention, compile_blocks=compile),
+                       attention=attention, compile_blocks=compile,
+                       text_encoder_storage=None if text_encoder_storage == SAME_AS_PRECISION else text_encoder_storage),
         )
 
 

@@ -105,7 +105,8 @@ def test_unknown_choice_is_refused():
 
 def test_loader_lists_the_attention_choices_of_the_models(pack):
     optional = pack.NODE_CLASS_MAPPINGS["EasyAnimateModelLoader"].INPUT_TYPES()["optional"]
-    assert list(optional)[-2:] == ["attention", "compile"]
+    names = list(optional)  # appended after fp8_mode, in this order; later inputs are appended after them
+    assert names[names.index("fp8_mode") + 1:names.index("fp8_mode") + 3] == ["attention", "compile"]
     assert tuple(optional["attention"][0]) == attn.ATTENTION_CHOICES
     assert optional["compile"][0] == "BOOLEAN" and optional["compile"][1]["default"] is False
 

@@ -161,28 +161,16 @@ def test_v51_runs_only_the_layers_before_the_last_and_no_final_norm(v51_dir):
 
 
 def test_v51_loading_never_reads_vision_tower_lm_head_or_last_layer(v51_dir, monkeypatch):
+    from models.loading import stream
+
     read_keys: list[str] = []
-    real_safe_open = text.safe_open
+    real_read_tensor = stream._read_tensor
 
-    class RecordingSafeOpen:
-        def __init__(self, *args, **kwargs):
-            self.file = real_safe_open(*args, **kwargs)
+    def recording_read_tensor(handle, file, key, *args):  # every tensor the one streaming loader reads
+        read_keys.append(key)
+        return real_read_tensor(handle, file, key, *args)
 
-        def __enter__(self):
-            self.file.__enter__()
-            return self
-
-        def __exit__(self, *exc):
-            return self.file.__exit__(*exc)
-
-        def keys(self):
-            return self.file.keys()
-
-        def get_tensor(self, key):
-            read_keys.append(key)
-            return self.file.get_tensor(key)
-
-    monkeypatch.setattr(text, "safe_open", RecordingSafeOpen)
+    monkeypatch.setattr(stream, "_read_tensor", recording_read_tensor)
     text.load_text_encoder(v51_dir, "v5.1", dtype=torch.float32)
 
     weight_map = json.loads((v51_dir / "text_encoder" / "model.safetensors.index.json").read_text())["weight_map"]

@@ -43,8 +43,6 @@ class VAE(nn.Module):
     def _compute_placement(self, device: torch.device | str | None) -> tuple[torch.device, torch.dtype]:
         weight = self.post_quant_conv.weight
         dtype = self.compute_dtype or weight.dtype
-        if not dtype.is_floating_point or dtype.itemsize < 2:  # fp8 storage computes in bf16 (ops upcasts)
-            dtype = torch.bfloat16
         return torch.device(device) if device is not None else weight.device, dtype
 
     def _choose_tile(self, tile_size: int | None, tile_overlap: int | None, memory_budget: int | None,

@@ -12,6 +12,8 @@ from ..variants import V5, V5_1, released_vae_config
 from .causal import VAE
 from .config import CONFIG_NAME, PICKLE_SUFFIXES, VAEConfig, VAEConfigError
 
+_COMPUTE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
 # --------------------------------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------------------------------
@@ -70,9 +72,11 @@ def load_vae(path: str | Path, dtype: torch.dtype = torch.float32, device: torch
     key) defers to the
     weights. Single files: the released V5 config when their mid-attention keys are present, else V5.1, widths read
     from the tensor shapes; `config` overrides fields in both cases. Weights stream into a meta-built model in
-    `dtype` on `device` with strict key checks (models/checkpoint.py). compute_dtype defaults to `dtype`, except
+    `dtype` on `device` with strict key checks (models/loading/stream.py). compute_dtype defaults to `dtype`, except
     fp16 with V5 weights, which the reference always runs in fp32 (`upcast_vae`, docs/faithfulness.md, VAE)."""
-    from ..checkpoint import UnsafeCheckpointError, load_state_streaming, read_headers, weight_files
+    from ..loading.files import weight_files
+    from ..loading.headers import UnsafeCheckpointError, read_headers
+    from ..loading.stream import load_state_streaming
 
     path = Path(path).expanduser().absolute()
     if path.suffix.lower() in PICKLE_SUFFIXES:
@@ -113,6 +117,9 @@ def load_vae(path: str | Path, dtype: torch.dtype = torch.float32, device: torch
 
     if compute_dtype is None and dtype == torch.float16 and vae_config.mid_block_use_attention:
         compute_dtype = torch.float32  # V5 + fp16: reference upcasts the VAE to fp32 (docs/faithfulness.md, VAE)
+    if (compute_dtype or dtype) not in _COMPUTE_DTYPES:
+        raise ValueError(f"the VAE computes in {', '.join(map(str, _COMPUTE_DTYPES))}; got dtype={dtype}, "
+                         f"compute_dtype={compute_dtype}. Pass compute_dtype with a storage dtype it cannot compute in.")
     with torch.device("meta"):
         vae = VAE(vae_config, ops=ops, compute_dtype=compute_dtype)
     load_state_streaming(vae, files, dtype, device=device)

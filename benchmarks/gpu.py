@@ -33,7 +33,7 @@ for _path in (REPO_ROOT, REPO_ROOT / "benchmarks"):
     sys.path.insert(0, str(_path))
 
 from models import ops as cast_ops  # noqa: E402
-from models import memory  # noqa: E402
+from models import defaults, memory  # noqa: E402
 from models.offload import BlockSwap, OffloadStats, Placement, on_device  # noqa: E402
 from models.quant import ScaledLinear, fp8_matmul_supported, quantize_scaled, scaled_ops, storage_rule  # noqa: E402
 from models.transformer import EasyAnimateTransformer, TransformerParams  # noqa: E402
@@ -42,7 +42,7 @@ from models.vae import VAE, VAEConfig  # noqa: E402
 from transformer import analytic_flops  # noqa: E402  (benchmarks/transformer.py)
 
 GIB = 1024**3
-TEXT_TOKENS = 256  # V5.1 Qwen2-VL prompt length
+TEXT_TOKENS = defaults.TEXT_TOKENS[defaults.V5_1]  # the Qwen2-VL prompt length
 # Dense bf16 tensor-core peaks (TFLOP/s, vendor data sheets) by a substring of torch.cuda.get_device_name().
 PEAK_BF16_TFLOPS = (("H100 PCIe", 756), ("H200", 989), ("H100", 989), ("GH200", 989), ("A100", 312), ("L40S", 362),
                     ("L40", 181), ("L4", 121), ("A10", 125), ("4090", 165), ("3090", 71))  # fmt: skip

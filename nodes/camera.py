@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ..models.camera import DEFAULT_INTRINSICS, PRESETS, list_pose_files, read_pose_file, resolve_pose_file
 from ..models.camera import preset as preset_path
+from ..models.defaults import DEFAULT_FPS
 from .bridge import input_dir
 
 CAMERA = "EASYANIMATE_CAMERA"
@@ -109,7 +110,7 @@ class EasyAnimateCameraPoseFile(_CameraNode):
         return {
             "required": {
                 "pose_file": (files, {"tooltip": "Pose files in input/ and input/camera_poses/."}),
-                "fps": ("INT", {"default": 8, "min": 1, "max": 24,
+                "fps": ("INT", {"default": DEFAULT_FPS, "min": 1, "max": 24,
                                 "tooltip": "Frame rate of the video to make (EasyAnimate: 8)."}),  # fmt: skip
             }
         }

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
-from ..variants import V5, V5_1, VARIANTS, Variant, kind_for_in_channels, released_vae_config, variant_for
+from ..variants import (V5, V5_1, VARIANTS, Variant, kind_for_in_channels, released_vae_config,
+                        transformer_size_hint, variant_for)
 from .files import find_weights, weight_files
 from .headers import (
     PICKLE_SUFFIXES,
@@ -159,7 +160,6 @@ class Detection:
 
 
 _VERSION_LABEL = {V5: "V5 ", V5_1: "V5.1 "}
-_SIZE_HINT = {"7b": "≈13.6 GB", "12b": "≈23.6 GB", None: "13.6 GB for 7B, 23.6 GB for 12B"}
 _WEIGHTS, _FILE = "weights", "file"
 
 
@@ -168,7 +168,7 @@ def _requirements(version: str | None, size: str | None) -> list[tuple[str, str,
     _WEIGHTS (any *.safetensors / complete shard index in that folder) or _FILE (the file, or all alternatives)."""
     needs = [
         ("transformer", _WEIGHTS, "transformer/diffusion_pytorch_model.safetensors", (),
-         f"the MMDiT transformer weights ({_SIZE_HINT[size]}, bf16)"),
+         f"the MMDiT transformer weights ({transformer_size_hint(size)}, bf16)"),
         ("vae", _WEIGHTS, "vae/diffusion_pytorch_model.safetensors", (), "the causal 3D VAE weights (≈1 GB)"),
     ]
     if version == V5:
@@ -288,7 +288,7 @@ def _detect_folder(root: Path) -> Detection:
     transformer_dir = root / "transformer"
     inferred = None
     missing += _check_weights(transformer_dir, transformer_dir / "diffusion_pytorch_model.safetensors",
-                              f"the MMDiT transformer weights ({_SIZE_HINT[None]}, bf16)")
+                              f"the MMDiT transformer weights ({transformer_size_hint(None)}, bf16)")
     transformer_files: list[Path] = []
     if not missing:
         transformer_files = weight_files(transformer_dir, describe="the MMDiT transformer weights")

@@ -32,14 +32,15 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 for _path in (REPO_ROOT, REPO_ROOT / "benchmarks"):
     sys.path.insert(0, str(_path))
 
-from models import ops as cast_ops  # noqa: E402
+from transformer import analytic_flops  # noqa: E402  (benchmarks/transformer.py)
+
 from models import defaults, memory  # noqa: E402
+from models import ops as cast_ops  # noqa: E402
 from models.offload import BlockSwap, OffloadStats, Placement, on_device  # noqa: E402
 from models.quant import ScaledLinear, fp8_matmul_supported, quantize_scaled, scaled_ops, storage_rule  # noqa: E402
 from models.transformer import EasyAnimateTransformer, TransformerParams  # noqa: E402
-from models.variants import released_vae_config, variant_for  # noqa: E402
 from models.vae import VAE, VAEConfig  # noqa: E402
-from transformer import analytic_flops  # noqa: E402  (benchmarks/transformer.py)
+from models.variants import released_vae_config, variant_for  # noqa: E402
 
 GIB = 1024**3
 TEXT_TOKENS = defaults.TEXT_TOKENS[defaults.V5_1]  # the Qwen2-VL prompt length
@@ -544,7 +545,7 @@ def run_plan_row(setup: Setup, label: str, row, budget: Budget, out: list) -> No
             if not _is_oom(error):
                 raise
             record.update(fits=False, measured=None, error=str(error).splitlines()[0])
-        model = others = None  # the failed step's frames went with the error; drop the weights too
+        del model, others  # the failed step's frames went with the error; drop the weights too
         free(device)
         if plan.mode != "gpu":  # the text encoder phase runs alone: its weights must fit too
             try:
@@ -560,9 +561,13 @@ def run_plan_row(setup: Setup, label: str, row, budget: Budget, out: list) -> No
         record["estimate_error"] = abs(record["measured"] - estimate) / record["measured"]
     out.append(record)
     print(f"RESULT plan_{key}_fits={int(record['fits'])}", flush=True)
-    print(f"  plan {key}: {plan.mode} {plan.storage}" + (f" {plan.resident_blocks}/{layers} resident" if host else "")
-          + f"; estimated {estimate / GIB:.2f} GiB, measured "
-          + ("OOM" if record.get("measured") is None else f"{record['measured'] / GIB:.2f} GiB"), flush=True)
+    print(
+        f"  plan {key}: {plan.mode} {plan.storage}"
+        + (f" {plan.resident_blocks}/{layers} resident" if host else "")
+        + f"; estimated {estimate / GIB:.2f} GiB, measured "
+        + ("OOM" if record.get("measured") is None else f"{record['measured'] / GIB:.2f} GiB"),
+        flush=True,
+    )
 
 
 def run_vae(setup: Setup, size, budget: Budget, out: list, memory_budget: int | None = None,

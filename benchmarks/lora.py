@@ -76,8 +76,10 @@ def main() -> None:
     text = torch.randn(1, args.text_tokens, model.params.text_embed_dim)
     timestep = torch.tensor([500.0])
     video_tokens = (latent_h // 2) * (latent_w // 2)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, blocks {args.blocks}, rank {args.rank}, "
-          f"{video_tokens} video + {args.text_tokens} text tokens, fp32 CPU, {len(lora.transformer)} LoRA'd Linears")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, blocks {args.blocks}, rank {args.rank}, "
+        f"{video_tokens} video + {args.text_tokens} text tokens, fp32 CPU, {len(lora.transformer)} LoRA'd Linears"
+    )
 
     attach_seconds, attached = {}, {}
     for state, merge in (("lora", False), ("merged", True)):  # attach once per state, keep its tensors to re-use

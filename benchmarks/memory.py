@@ -24,7 +24,6 @@ WIDTH = 4096
 
 
 def _model(blocks: int):
-    import torch
     from torch import nn
 
     from models import ops
@@ -121,7 +120,6 @@ def _pin_child(megabytes: int) -> None:
 
 def _settings_child(folder: str) -> None:
     """Load the transformer in bf16, then change precision to fp32 (the loader's settings change)."""
-    import torch
 
     sys.path.insert(0, str(REPO_ROOT))
     from models.components import open_model
@@ -132,8 +130,15 @@ def _settings_child(folder: str) -> None:
     first.transformer(device="cpu", log=lambda s: None)
     changed = open_model(folder, "fp32")
     transformer = changed.transformer(device="cpu", log=lambda s: None)
-    print(json.dumps({"peak": _peak_rss() - before, "weights": allocated_bytes(transformer),
-                      "first_released": not first.is_loaded("transformer")}))
+    print(
+        json.dumps(
+            {
+                "peak": _peak_rss() - before,
+                "weights": allocated_bytes(transformer),
+                "first_released": not first.is_loaded("transformer"),
+            }
+        )
+    )
 
 
 def _run_child(*args: str) -> dict:
@@ -146,14 +151,18 @@ def reliability_results(folder: str, pin_megabytes: int) -> None:
     from big_checkpoint import parameter_count, write_big_model
 
     pinned = _run_child("pin", str(pin_megabytes))
-    print(f"pinning: peak RSS {pinned['peak'] / 2**20:.0f} MiB; the weights alone took {pinned['weights'] / 2**20:.0f} "
-          f"MiB of RSS ({pin_megabytes} MiB of tensors)")
+    print(
+        f"pinning: peak RSS {pinned['peak'] / 2**20:.0f} MiB; the weights alone took {pinned['weights'] / 2**20:.0f} "
+        f"MiB of RSS ({pin_megabytes} MiB of tensors)"
+    )
     print(f"RESULT offload_pin_peak_over_weights={pinned['peak'] / pinned['weights']:.3f}")
     model = write_big_model(Path(folder))
     changed = _run_child("settings", str(model))
-    print(f"settings change bf16 -> fp32 ({parameter_count(model) / 1e6:.0f} M parameters): peak RSS "
-          f"{changed['peak'] / 2**20:.0f} MiB, fp32 copy {changed['weights'] / 2**20:.0f} MiB, "
-          f"first copy released before the second loaded: {changed['first_released']}")
+    print(
+        f"settings change bf16 -> fp32 ({parameter_count(model) / 1e6:.0f} M parameters): peak RSS "
+        f"{changed['peak'] / 2**20:.0f} MiB, fp32 copy {changed['weights'] / 2**20:.0f} MiB, "
+        f"first copy released before the second loaded: {changed['first_released']}"
+    )
     print(f"RESULT settings_change_peak_over_one_copy={changed['peak'] / changed['weights']:.3f}")
 
 
@@ -179,8 +188,10 @@ def main() -> None:
                                  capture_output=True, text=True).stdout  # fmt: skip
             results[how] = json.loads(out.strip().splitlines()[-1])
             r = results[how]
-            print(f"{how:9s}: peak RSS during load {r['peak'] / 2**30:.2f} GiB, final fp8 weights "
-                  f"{r['weights'] / 2**30:.2f} GiB, ratio {r['peak'] / r['weights']:.2f}")
+            print(
+                f"{how:9s}: peak RSS during load {r['peak'] / 2**30:.2f} GiB, final fp8 weights "
+                f"{r['weights'] / 2**30:.2f} GiB, ratio {r['peak'] / r['weights']:.2f}"
+            )
     print("GPU: none on this machine; peak VRAM and s/step per mode were not measured.")
     ratio = results["streaming"]["peak"] / results["streaming"]["weights"]
     print(f"RESULT load_peak_rss_over_final_weights={ratio:.3f}")

@@ -105,8 +105,10 @@ def main() -> int:
     model_errors = [abs(b["measured"] - b["modelled"]) / b["modelled"]
                     for rank in ranks for b in rank["bytes"].values()]  # fmt: skip
     for key, value in ranks[0]["bytes"].items():
-        print(f"{key}: rank 0 sent {value['measured']} bytes per call, model {value['modelled']}, "
-              f"parity {ranks[0]['errors'][key]:.2e}")
+        print(
+            f"{key}: rank 0 sent {value['measured']} bytes per call, model {value['modelled']}, "
+            f"parity {ranks[0]['errors'][key]:.2e}"
+        )
     print(f"RESULT sp2_parity_max_rel_err={max(errors):.3e}")
     print(f"RESULT sp_comm_bytes_model_error={max(model_errors):.4f}")
     return 0

@@ -33,8 +33,14 @@ def write_encoder(folder: Path, layers: int, hidden: int) -> None:
     tiny_text.write_v51_text(folder, seed=0)
     encoder = folder / "text_encoder"
     config = json.loads((encoder / "config.json").read_text())
-    config.update(hidden_size=hidden, intermediate_size=int(2.75 * hidden), num_hidden_layers=layers,
-                  max_window_layers=layers, num_attention_heads=hidden // 128, num_key_value_heads=hidden // 512)
+    config.update(
+        hidden_size=hidden,
+        intermediate_size=int(2.75 * hidden),
+        num_hidden_layers=layers,
+        max_window_layers=layers,
+        num_attention_heads=hidden // 128,
+        num_key_value_heads=hidden // 512,
+    )
     config["vision_config"]["hidden_size"] = hidden
     config["rope_scaling"]["mrope_section"] = [16, 24, 24]  # head_dim 128, as the released Qwen2-VL-7B
     (encoder / "config.json").write_text(json.dumps(config, indent=2))
@@ -43,8 +49,9 @@ def write_encoder(folder: Path, layers: int, hidden: int) -> None:
     shapes = tiny_text._parameter_shapes(Qwen2VLForConditionalGeneration, Qwen2VLConfig(**config))
     shapes = {tiny_text._legacy_qwen2_vl_key(name): shape for name, shape in shapes.items()}
     generator = torch.Generator().manual_seed(0)
-    tensors = {name: (torch.randn(shape, generator=generator) * 0.02).to(torch.bfloat16) for name, shape in
-               shapes.items()}
+    tensors = {
+        name: (torch.randn(shape, generator=generator) * 0.02).to(torch.bfloat16) for name, shape in shapes.items()
+    }
     half = sorted(tensors)[: len(tensors) // 2]
     tiny_text._save_sharded(encoder, tensors, [half, [k for k in tensors if k not in half]])
 
@@ -91,12 +98,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.dir) as folder:
         write_encoder(Path(folder), args.layers, args.hidden)
         for storage in ("bf16", "fp8"):
-            out = subprocess.run([sys.executable, __file__, "--child", folder, storage], check=True,
-                                 capture_output=True, text=True).stdout
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", folder, storage], check=True, capture_output=True, text=True
+            ).stdout
             r = json.loads(out.strip().splitlines()[-1])
-            print(f"{storage}: peak RSS during load {r['peak'] / 2**20:.0f} MiB, RSS after {r['rss_after'] / 2**20:.0f}"
-                  f" MiB, weights {r['weights'] / 2**20:.0f} MiB, peak RSS through the first encode "
-                  f"{r['encode_peak'] / 2**20:.0f} MiB")
+            print(
+                f"{storage}: peak RSS during load {r['peak'] / 2**20:.0f} MiB, RSS after {r['rss_after'] / 2**20:.0f}"
+                f" MiB, weights {r['weights'] / 2**20:.0f} MiB, peak RSS through the first encode "
+                f"{r['encode_peak'] / 2**20:.0f} MiB"
+            )
             print(f"RESULT text_load_peak_rss_over_weights_{storage}={r['peak'] / r['weights']:.3f}")
 
 

@@ -25,7 +25,6 @@ from models.transformer import EasyAnimateTransformer, TransformerParams  # noqa
 from models.variants import VARIANTS  # noqa: E402
 
 
-
 def analytic_flops(p: TransformerParams, video_tokens: int, text_tokens: int) -> dict[str, float]:
     """Multiply-add FLOPs (2 per MAC) of one forward with batch 1, by part."""
     d, tokens = p.inner_dim, video_tokens + text_tokens
@@ -60,9 +59,20 @@ def main() -> None:
 
     config = VARIANTS["EasyAnimateV5.1-12b-zh"].transformer_config()
     config.update(num_layers=args.blocks, mmdit_layers=args.blocks)
-    diffusers_keys = {"num_attention_heads", "attention_head_dim", "in_channels", "out_channels", "patch_size",
-                      "time_embed_dim", "num_layers", "mmdit_layers", "text_embed_dim", "text_embed_dim_t5",
-                      "add_norm_text_encoder", "norm_eps"}
+    diffusers_keys = {
+        "num_attention_heads",
+        "attention_head_dim",
+        "in_channels",
+        "out_channels",
+        "patch_size",
+        "time_embed_dim",
+        "num_layers",
+        "mmdit_layers",
+        "text_embed_dim",
+        "text_embed_dim_t5",
+        "add_norm_text_encoder",
+        "norm_eps",
+    }
     torch.manual_seed(0)
     theirs = EasyAnimateTransformer3DModel(**{k: config[k] for k in diffusers_keys}).eval()
     params = TransformerParams.from_config(config)
@@ -83,8 +93,10 @@ def main() -> None:
     def run_theirs():
         return theirs(latents, timestep, encoder_hidden_states=text, return_dict=False)[0]
 
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, blocks {args.blocks}, "
-          f"{video_tokens} video + {args.text_tokens} text tokens, fp32 CPU")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, blocks {args.blocks}, "
+        f"{video_tokens} video + {args.text_tokens} text tokens, fp32 CPU"
+    )
     run_matmul, matmul_flops = matmul_probe(video_tokens + args.text_tokens, params.inner_dim)
     times = {"ours": [], "diffusers": [], "matmul": []}
     with torch.inference_mode():
@@ -104,9 +116,11 @@ def main() -> None:
     for name, flops in parts.items():
         print(f"  {name:22s} {flops / 1e9:9.2f} GFLOP")
     achieved = total / med["ours"]
-    print(f"  total {total / 1e9:.2f} GFLOP; ours {achieved / 1e9:.1f} GFLOP/s; torch.matmul "
-          f"[{video_tokens + args.text_tokens}x{params.inner_dim}]x[{params.inner_dim}x{4 * params.inner_dim}] "
-          f"{peak / 1e9:.1f} GFLOP/s")
+    print(
+        f"  total {total / 1e9:.2f} GFLOP; ours {achieved / 1e9:.1f} GFLOP/s; torch.matmul "
+        f"[{video_tokens + args.text_tokens}x{params.inner_dim}]x[{params.inner_dim}x{4 * params.inner_dim}] "
+        f"{peak / 1e9:.1f} GFLOP/s"
+    )
     print(f"RESULT transformer_forward_ratio_vs_diffusers={med['ours'] / med['diffusers']:.3f}")
     print(f"RESULT transformer_fraction_of_matmul_peak={achieved / peak:.3f}")
 

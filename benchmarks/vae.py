@@ -81,9 +81,11 @@ def speed(reps: int) -> float:
             fn()
             times[name].append(time.perf_counter() - start)
     ours_s, diffusers_s = statistics.median(times["ours"]), statistics.median(times["diffusers"])
-    print(f"decode 5x{SIZE_PX}x{SIZE_PX}, {reps} alternating reps: ours median {ours_s:.2f} s "
-          f"(all {[round(t, 2) for t in times['ours']]}), diffusers median {diffusers_s:.2f} s "
-          f"(all {[round(t, 2) for t in times['diffusers']]}); max|ours - diffusers| = {difference:.2e}")
+    print(
+        f"decode 5x{SIZE_PX}x{SIZE_PX}, {reps} alternating reps: ours median {ours_s:.2f} s "
+        f"(all {[round(t, 2) for t in times['ours']]}), diffusers median {diffusers_s:.2f} s "
+        f"(all {[round(t, 2) for t in times['diffusers']]}); max|ours - diffusers| = {difference:.2e}"
+    )
     return ours_s / diffusers_s
 
 
@@ -104,8 +106,14 @@ def memory_child(frames: int) -> dict:
     seconds = time.perf_counter() - start
     peak = _rss_bytes("VmHWM")
     output_bytes = video.numel() * video.element_size()
-    return {"frames": frames, "shape": list(video.shape), "peak_growth": peak - baseline,
-            "output_bytes": output_bytes, "working": peak - baseline - output_bytes, "seconds": seconds}
+    return {
+        "frames": frames,
+        "shape": list(video.shape),
+        "peak_growth": peak - baseline,
+        "output_bytes": output_bytes,
+        "working": peak - baseline - output_bytes,
+        "seconds": seconds,
+    }
 
 
 def memory(default_malloc: bool) -> float:
@@ -114,13 +122,20 @@ def memory(default_malloc: bool) -> float:
         env["MALLOC_MMAP_THRESHOLD_"] = str(2**20)
     results = {}
     for frames in MEMORY_FRAMES:
-        completed = subprocess.run([sys.executable, __file__, "--memory-child", str(frames)], check=True,
-                                   capture_output=True, text=True, env=env)
+        completed = subprocess.run(
+            [sys.executable, __file__, "--memory-child", str(frames)],
+            check=True,
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         result = json.loads(completed.stdout.strip().splitlines()[-1])
         results[frames] = result
-        print(f"decode {frames}x{SIZE_PX}x{SIZE_PX}, {MEMORY_TILE_PX} px tiles: peak RSS growth "
-              f"{result['peak_growth'] / 2**20:.1f} MiB - output {result['output_bytes'] / 2**20:.1f} MiB = "
-              f"working {result['working'] / 2**20:.1f} MiB ({result['seconds']:.1f} s)")
+        print(
+            f"decode {frames}x{SIZE_PX}x{SIZE_PX}, {MEMORY_TILE_PX} px tiles: peak RSS growth "
+            f"{result['peak_growth'] / 2**20:.1f} MiB - output {result['output_bytes'] / 2**20:.1f} MiB = "
+            f"working {result['working'] / 2**20:.1f} MiB ({result['seconds']:.1f} s)"
+        )
     return results[MEMORY_FRAMES[-1]]["working"] / results[MEMORY_FRAMES[0]]["working"]
 
 

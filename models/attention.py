@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .defaults import ATTENTION_CHOICES  # noqa: F401 (re-exported)
+
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 # The import name and the pip command of each optional backend.
 PACKAGES = {"sage": ("sageattention", "pip install sageattention"), "flash": ("flash_attn", "pip install flash-attn")}
@@ -90,7 +91,9 @@ def resolve_attention(choice: str, device, dtype: torch.dtype, log: Callable[[st
         return "sdpa", sdpa
     problem = installed(choice)
     if problem is None and not runs_here:
-        problem = f"{choice} attention runs only in bf16/fp16 on a CUDA GPU (here: {torch.device(device).type}, {dtype})"
+        problem = (
+            f"{choice} attention runs only in bf16/fp16 on a CUDA GPU (here: {torch.device(device).type}, {dtype})"
+        )
     if problem is not None:
         log(f"EasyAnimate attention: {problem}; using PyTorch SDPA instead.")
         return "sdpa", sdpa

@@ -94,7 +94,11 @@ class ModelComponents:
         """Bytes of loaded weights (ComfyUI's RAM-pressure cache reads this to pick what to evict)."""
         total = 0
         for component in list(self._loaded.values()):
-            modules = [component] if isinstance(component, torch.nn.Module) else list(getattr(component, "models", {}).values())
+            modules = (
+                [component]
+                if isinstance(component, torch.nn.Module)
+                else list(getattr(component, "models", {}).values())
+            )
             for module in modules:
                 total += sum(t.numel() * t.element_size() for t in module.state_dict().values())
         return total
@@ -104,7 +108,9 @@ class ModelComponents:
         """The transformer, loaded for a memory plan: `size` (width, height, frames) and `free_vram` (bytes on a
         CUDA device) let memory_mode "auto" pick the fastest mode (and, with "same as precision", fp8 storage)
         that fits; the plan is printed and kept in `self.plan`. Offload modes load to the CPU (RAM pre-flight)."""
-        return self._get("transformer", lambda: self._load_transformer(device, progress, interrupt, size, free_vram, log))
+        return self._get(
+            "transformer", lambda: self._load_transformer(device, progress, interrupt, size, free_vram, log)
+        )
 
     def make_plan(self, device, size: tuple[int, int, int] | None, free_vram: int | None):
         from .memory import STORAGE_DTYPES, Plan, model_bytes_for_transformer_files, plan_memory
@@ -119,8 +125,14 @@ class ModelComponents:
             return Plan(mode, label, self.resident_blocks, 0, 0, 0, True, [f"EasyAnimate memory mode: {mode}"])
         storages = (label,) if self.storage_dtype is not None or mode != "auto" else (label, "fp8_e4m3fn")
         modes = None if mode == "auto" else (mode,)
-        weights = model_bytes_for_transformer_files(self.path, self.dtype, storages, self.fp8_mode, self.version,
-                                                    None if self.detection.layout == "single_file" else self.path)
+        weights = model_bytes_for_transformer_files(
+            self.path,
+            self.dtype,
+            storages,
+            self.fp8_mode,
+            self.version,
+            None if self.detection.layout == "single_file" else self.path,
+        )
         width, height, frames = size or (DEFAULT_WIDTH, DEFAULT_HEIGHT, DEFAULT_FRAMES)
         plan = plan_memory(weights, width, height, frames, free_vram, storages, compute_dtype=self.dtype, modes=modes)
         if self.resident_blocks:
@@ -128,8 +140,8 @@ class ModelComponents:
         return plan
 
     def _load_transformer(self, device, progress, interrupt, size, free_vram, log):
-        from .memory import STORAGE_DTYPES, check_ram, transformer_weight_bytes
         from .loading.transformer import load_transformer
+        from .memory import STORAGE_DTYPES, check_ram, transformer_weight_bytes
 
         plan = self.plan = self.make_plan(device, size, free_vram)
         log(plan.summary())
@@ -137,8 +149,12 @@ class ModelComponents:
         load_device = device if plan.mode == "gpu" else "cpu"
         if torch.device(load_device).type == "cpu":  # weights will live in RAM: refuse early if they cannot
             needed = transformer_weight_bytes(self.path, self.dtype, storage, self.fp8_mode)
-            check_ram(needed, f"the EasyAnimate transformer ({plan.storage})", self.path,
-                      "Choose weight_storage fp8_e4m3fn (half the bytes), close other programs, or add swap/RAM.")
+            check_ram(
+                needed,
+                f"the EasyAnimate transformer ({plan.storage})",
+                self.path,
+                "Choose weight_storage fp8_e4m3fn (half the bytes), close other programs, or add swap/RAM.",
+            )
         from .attention import resolve_attention
 
         backend, attention = resolve_attention(self.attention, device, self.dtype, log)
@@ -183,8 +199,9 @@ class ModelComponents:
         folder = self._folder_for("text encoder")
         return self._get(
             "text_encoder",
-            lambda: load_text_encoder(folder, self.version, dtype=self.dtype, storage_dtype=self.text_storage_dtype,
-                                      device=device, lazy=True),
+            lambda: load_text_encoder(
+                folder, self.version, dtype=self.dtype, storage_dtype=self.text_storage_dtype, device=device, lazy=True
+            ),
         )
 
     def scheduler_config(self) -> dict | None:
@@ -239,10 +256,18 @@ def release_other_copies(keep: ModelComponents, name: str) -> None:
             other.release(name)
 
 
-def open_model(path: str | Path, precision: str = "bf16", weight_storage: str | None = None,
-               memory_mode: str = "auto", resident_blocks: int = 0, fp8_mode: str = "quality",
-               companion_candidates: list[Path] = (), attention: str = "auto",
-               compile_blocks: bool = False, text_encoder_storage: str | None = None) -> ModelComponents:
+def open_model(
+    path: str | Path,
+    precision: str = "bf16",
+    weight_storage: str | None = None,
+    memory_mode: str = "auto",
+    resident_blocks: int = 0,
+    fp8_mode: str = "quality",
+    companion_candidates: list[Path] = (),
+    attention: str = "auto",
+    compile_blocks: bool = False,
+    text_encoder_storage: str | None = None,
+) -> ModelComponents:
     """Detect the model at `path` and return its (shared) components object for these settings.
 
     A single transformer file borrows its VAE, text encoder and scheduler from the first of `companion_candidates`
@@ -259,16 +284,27 @@ def open_model(path: str | Path, precision: str = "bf16", weight_storage: str | 
         raise ValueError(f"fp8_mode must be one of {FP8_MODES}, got {fp8_mode!r}")
     storage = STORAGE_DTYPES.get(weight_storage) if weight_storage else None
     if text_encoder_storage not in (None, *STORAGE_DTYPES):
-        raise ValueError(f"text_encoder_storage must be None or one of {sorted(STORAGE_DTYPES)}, got "
-                         f"{text_encoder_storage!r}")
+        raise ValueError(
+            f"text_encoder_storage must be None or one of {sorted(STORAGE_DTYPES)}, got {text_encoder_storage!r}"
+        )
     text_storage = STORAGE_DTYPES.get(text_encoder_storage) if text_encoder_storage else None
     fp8_mode = fp8_mode if storage is not None else "quality"  # only matters with fp8 storage
     from .attention import ATTENTION_CHOICES
 
     if attention not in ATTENTION_CHOICES:
         raise ValueError(f"attention must be one of {ATTENTION_CHOICES}, got {attention!r}")
-    key = (str(path), precision, str(storage), memory_mode, int(resident_blocks), fp8_mode, path.stat().st_mtime_ns,
-           attention, bool(compile_blocks), str(text_storage))
+    key = (
+        str(path),
+        precision,
+        str(storage),
+        memory_mode,
+        int(resident_blocks),
+        fp8_mode,
+        path.stat().st_mtime_ns,
+        attention,
+        bool(compile_blocks),
+        str(text_storage),
+    )
     with _live_lock:
         components = _live.get(key)
     if components is not None:

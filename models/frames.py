@@ -34,8 +34,10 @@ def fit_clip_length(requested: int, clips: dict[str, int]) -> tuple[int, list[st
             continue
         if frames < requested:
             cause = "the largest 4k+1 that fits" if count == min(clips.values()) else "capped by a shorter clip"
-            notes.append(f"{name} has {count} frames: generating {frames} frames ({cause}) from its first "
-                         f"{min(count, frames)}; frames was {requested}")
+            notes.append(
+                f"{name} has {count} frames: generating {frames} frames ({cause}) from its first "
+                f"{min(count, frames)}; frames was {requested}"
+            )
         else:
             notes.append(f"{name} has {count} frames: using its first {frames} (the frames widget)")
     return frames, notes

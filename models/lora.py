@@ -102,14 +102,18 @@ def parse_lora(tensors: dict[str, torch.Tensor], name: str = "LoRA") -> LoraWeig
     for group in (weights.transformer, weights.text_encoder):
         broken = [k for k, m in group.items() if m.down is None or m.up is None]
         if broken:
-            raise LoraError(f"{name}: {len(broken)} entries lack their down/up pair (first: {broken[:3]}); the file "
-                            "is incomplete or not a LoRA.")
+            raise LoraError(
+                f"{name}: {len(broken)} entries lack their down/up pair (first: {broken[:3]}); the file "
+                "is incomplete or not a LoRA."
+            )
         for module in group.values():
             if module.down.ndim == 4:  # 1×1 convolutions saved as [r, in, 1, 1]
                 module.down, module.up = module.down.flatten(1), module.up.flatten(1)
             if module.down.ndim != 2 or module.up.ndim != 2 or module.up.shape[1] != module.down.shape[0]:
-                raise LoraError(f"{name}: {module.key} has down {tuple(module.down.shape)} and up "
-                                f"{tuple(module.up.shape)}; expected [rank, in] and [out, rank].")
+                raise LoraError(
+                    f"{name}: {module.key} has down {tuple(module.down.shape)} and up "
+                    f"{tuple(module.up.shape)}; expected [rank, in] and [out, rank]."
+                )
     return weights
 
 
@@ -119,8 +123,10 @@ def load_lora_file(path: str | Path) -> LoraWeights:
 
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
-        raise LoraError(f"{path.name}: only .safetensors LoRA files are loaded (pickle files such as .pt/.ckpt/.bin "
-                        "can execute code). Convert it to safetensors and put it in ComfyUI/models/loras/.")
+        raise LoraError(
+            f"{path.name}: only .safetensors LoRA files are loaded (pickle files such as .pt/.ckpt/.bin "
+            "can execute code). Convert it to safetensors and put it in ComfyUI/models/loras/."
+        )
     try:
         tensors = load_file(str(path))
     except Exception as error:  # safetensors raises its own error types for a damaged header
@@ -165,13 +171,13 @@ def target_name(entry: LoraModule, root: nn.Module) -> str | None:
     from .checkpoint import diffusers_to_original_key
 
     if entry.key.startswith(KOHYA_TRANSFORMER_PREFIX):
-        underscored = entry.key[len(KOHYA_TRANSFORMER_PREFIX):].lstrip("_")  # the root's empty path gives "__"
+        underscored = entry.key[len(KOHYA_TRANSFORMER_PREFIX) :].lstrip("_")  # the root's empty path gives "__"
         diffusers_name = _DIFFUSERS_KOHYA.match(underscored)
         if diffusers_name:
             underscored = f"{diffusers_name[1]}attn2_{_DIFFUSERS_KOHYA_TO_ORIGINAL[diffusers_name[2]]}"
         name = resolve_kohya_name(root, underscored)
     else:
-        dotted = next((entry.key[len(p):] for p in PEFT_PREFIXES if entry.key.startswith(p)), entry.key)
+        dotted = next((entry.key[len(p) :] for p in PEFT_PREFIXES if entry.key.startswith(p)), entry.key)
         name = diffusers_to_original_key(dotted + ".weight")[: -len(".weight")]
     return _linear_or_none(root, name)
 
@@ -179,7 +185,7 @@ def target_name(entry: LoraModule, root: nn.Module) -> str | None:
 def text_target_name(entry: LoraModule, root: nn.Module) -> str | None:
     """The Bert module path of one `lora_te_` entry (`lora_te_encoder_layer_0_attention_self_query` ->
     encoder.layer.0.attention.self.query), resolved like the transformer's names; None when nothing matches."""
-    return _linear_or_none(root, resolve_kohya_name(root, entry.key[len(KOHYA_TEXT_PREFIX):]))
+    return _linear_or_none(root, resolve_kohya_name(root, entry.key[len(KOHYA_TEXT_PREFIX) :]))
 
 
 def _linear_or_none(root: nn.Module, name: str | None) -> str | None:
@@ -215,23 +221,31 @@ def match_lora(weights: LoraWeights, root: nn.Module, log: Callable[[str], None]
             continue
         linear = root.get_submodule(name)
         if entry.down.shape[1] != linear.in_features or entry.up.shape[0] != linear.out_features:
-            mismatched.append(f"{name}: the model's layer is [{linear.out_features}, {linear.in_features}] "
-                              f"(out, in), the LoRA's up @ down is [{entry.up.shape[0]}, {entry.down.shape[1]}]")
+            mismatched.append(
+                f"{name}: the model's layer is [{linear.out_features}, {linear.in_features}] "
+                f"(out, in), the LoRA's up @ down is [{entry.up.shape[0]}, {entry.down.shape[1]}]"
+            )
         matched[name] = entry
     if part == "transformer":
         mismatched += [problem for key in unmatched if (problem := _other_model_problem(key, root))]
     if mismatched:
-        raise LoraError(f"{weights.name} does not fit this model ({len(mismatched)} entries; it was trained for "
-                        "another EasyAnimate size or version):\n  " + "\n  ".join(mismatched[:5]))
+        raise LoraError(
+            f"{weights.name} does not fit this model ({len(mismatched)} entries; it was trained for "
+            "another EasyAnimate size or version):\n  " + "\n  ".join(mismatched[:5])
+        )
     if not matched and (entries or part == "text_encoder" or not weights.text_encoder):
         shown = unmatched[:5] or weights.unknown[:5]
-        raise LoraError(f"{weights.name}: none of its {len(entries)} {part.replace('_', '-')} entries names a layer "
-                        f"of this {what} (first unmatched: {shown}). Is it a LoRA for another model?")
+        raise LoraError(
+            f"{weights.name}: none of its {len(entries)} {part.replace('_', '-')} entries names a layer "
+            f"of this {what} (first unmatched: {shown}). Is it a LoRA for another model?"
+        )
     unknown = weights.unknown if part == "transformer" else []
     skipped = len(unmatched) + len(unknown)
     if skipped:
-        log(f"EasyAnimate LoRA warning: {weights.name} ({what}): {len(matched)} of {len(matched) + skipped} entries "
-            f"applied; {skipped} unmatched (first: {(unmatched + unknown)[:3]}).")
+        log(
+            f"EasyAnimate LoRA warning: {weights.name} ({what}): {len(matched)} of {len(matched) + skipped} entries "
+            f"applied; {skipped} unmatched (first: {(unmatched + unknown)[:3]})."
+        )
     return matched
 
 
@@ -245,8 +259,11 @@ def _other_model_problem(key: str, root: nn.Module) -> str | None:
     Same-width models differ in structure, not shapes: the 12B has 48 MMDiT blocks, the 7B 36 blocks of which the
     last 18 share one set of weights for both streams; V5 projects Bert + mT5 text (`text_proj`, `text_proj_t5`), V5.1
     Qwen2-VL text through `text_proj.1` after an RMSNorm."""
-    underscored = key[len(KOHYA_TRANSFORMER_PREFIX):].lstrip("_") if key.startswith(KOHYA_TRANSFORMER_PREFIX) else (
-        next((key[len(p):] for p in PEFT_PREFIXES if key.startswith(p)), key).replace(".", "_"))
+    underscored = (
+        key[len(KOHYA_TRANSFORMER_PREFIX) :].lstrip("_")
+        if key.startswith(KOHYA_TRANSFORMER_PREFIX)
+        else (next((key[len(p) :] for p in PEFT_PREFIXES if key.startswith(p)), key).replace(".", "_"))
+    )
     blocks = root._modules.get("transformer_blocks")
     block = _BLOCK_ENTRY.match(underscored)
     if block and blocks is not None:
@@ -388,8 +405,10 @@ def with_lora(model, weights: LoraWeights, strength: float, merge: bool = False,
     text_strength = float(strength if text_strength is None else text_strength)
     match_lora(weights, meta_transformer(model.detection), log)
     if weights.text_encoder and model.detection.version != "v5":
-        message = (f"{weights.name}: its {len(weights.text_encoder)} text-encoder entries (lora_te_) are for V5's "
-                   f"Bert encoder; this {model.detection.version.upper()} model encodes prompts with Qwen2-VL")
+        message = (
+            f"{weights.name}: its {len(weights.text_encoder)} text-encoder entries (lora_te_) are for V5's "
+            f"Bert encoder; this {model.detection.version.upper()} model encodes prompts with Qwen2-VL"
+        )
         if not weights.transformer:
             raise LoraError(message + ", so this LoRA changes nothing. Use it with a V5 model.")
         if text_strength:
@@ -423,5 +442,8 @@ def add_lora_bytes(weights, model):
     if not extra:
         return weights
     per_block = extra // max(weights.num_blocks, 1)
-    return replace(weights, transformer={label: total + extra for label, total in weights.transformer.items()},
-                   block={label: block + per_block for label, block in weights.block.items()})
+    return replace(
+        weights,
+        transformer={label: total + extra for label, total in weights.transformer.items()},
+        block={label: block + per_block for label, block in weights.block.items()},
+    )

@@ -137,8 +137,8 @@ def vae_decode_bytes(width: int, height: int, dtype: torch.dtype = torch.bfloat1
     """Working bytes the plan leaves for the VAE decode: the VAE's own per-chunk estimate (models/vae/memory.py, the
     one its tile planner sizes tiles with, calibrated on measured peaks) at the smallest tile it may pick, since it
     tiles down to whatever budget the plan leaves (docs/memory.md, VAE); the whole frame when that is smaller."""
-    from .variants import released_vae_config
     from .vae import VAEConfig, smallest_tile_working_bytes
+    from .variants import released_vae_config
 
     config = VAEConfig.from_dict(released_vae_config(version), source="released config")
     return smallest_tile_working_bytes(config, height, width, _itemsize(dtype))
@@ -185,7 +185,9 @@ def plan_memory(model: ModelBytes, width: int, height: int, frames: int, vram_bu
     """The fastest (mode, storage) whose estimated peak fits `vram_budget`, in this order: all resident, whole-model
     offload, block swap with as many resident blocks as fit; wider storage before fp8, except for block swap. When nothing
     fits, the smallest configuration, marked fits=False."""
-    activations = transformer_activation_bytes(model.inner_dim, width, height, frames, model.version, cfg, compute_dtype)
+    activations = transformer_activation_bytes(
+        model.inner_dim, width, height, frames, model.version, cfg, compute_dtype
+    )
     decode = vae_decode_bytes(width, height, compute_dtype, model.version)
     budget = vram_budget - CUDA_RESERVE
     candidates = []
@@ -212,8 +214,8 @@ def plan_memory(model: ModelBytes, width: int, height: int, frames: int, vram_bu
     chosen.vae_budget = max(0, budget - (model.vae if chosen.mode != "gpu" else chosen.peak_vram - activations))
     chosen.lines = [
         f"EasyAnimate memory plan for {width}x{height}x{frames} (estimates): mode={chosen.mode}, "
-        f"transformer {chosen.storage}" + (f", {chosen.resident_blocks}/{model.num_blocks} blocks resident"
-                                           if chosen.mode == "sequential" else ""),
+        f"transformer {chosen.storage}"
+        + (f", {chosen.resident_blocks}/{model.num_blocks} blocks resident" if chosen.mode == "sequential" else ""),
         f"  weights: transformer {_gb(model.transformer[chosen.storage])}, text encoder {_gb(model.text_encoder)}, "
         f"VAE {_gb(model.vae)}; activations {_gb(activations)}; peak VRAM {_gb(chosen.peak_vram + CUDA_RESERVE)} "
         f"of {_gb(vram_budget)}" + ("" if chosen.fits else "  -> DOES NOT FIT: lower resolution/frames"),
@@ -302,7 +304,9 @@ def model_bytes_for_transformer_files(source, compute_dtype: torch.dtype, storag
     text = TEXT_ENCODER_PARAMS.get(version, 0) * _itemsize(compute_dtype)
     vae = 0
     if folder is not None:
-        text_files = [f for d in ("text_encoder", "text_encoder_2") for f in sorted((Path(folder) / d).glob("*.safetensors"))]
+        text_files = [
+            f for d in ("text_encoder", "text_encoder_2") for f in sorted((Path(folder) / d).glob("*.safetensors"))
+        ]
         if text_files:
             text = sum(info.numel * _itemsize(compute_dtype) for key, (info, _) in read_headers(text_files).items()
                        if not key.startswith(("visual.", "lm_head.")))  # fmt: skip
@@ -325,11 +329,15 @@ def oom_advice(mode: str, storage: str, width: int, height: int, frames: int, st
     else:
         steps.append("lower resident_blocks")
     smaller = (max(16, width // 32 * 16), max(16, height // 32 * 16))
-    steps.append(f"or generate fewer frames / a smaller size (e.g. {smaller[0]}x{smaller[1]}, or {max(1, (frames - 1) // 8 * 4 + 1)} frames)")
+    steps.append(
+        f"or generate fewer frames / a smaller size (e.g. {smaller[0]}x{smaller[1]}, or {max(1, (frames - 1) // 8 * 4 + 1)} frames)"
+    )
     if stage == "decode":
         steps.insert(0, "set the VAE Decode tile_size to 256 (or lower)")
-    return (f"EasyAnimate ran out of GPU memory during {stage} at {width}x{height}x{frames} with memory_mode={mode}, "
-            f"transformer {storage}. GPU memory has been freed. To fit: " + "; ".join(steps) + ".")
+    return (
+        f"EasyAnimate ran out of GPU memory during {stage} at {width}x{height}x{frames} with memory_mode={mode}, "
+        f"transformer {storage}. GPU memory has been freed. To fit: " + "; ".join(steps) + "."
+    )
 
 
 def release_host_memory() -> None:

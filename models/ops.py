@@ -32,7 +32,8 @@ def cast_like(param: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | 
         raise MisplacedWeightError(
             f"a {tuple(param.shape)} weight is on {param.device} but the layer's input is on {like.device}: the "
             f"module was not moved to {like.device} before running (models/offload.py places weights). If ComfyUI "
-            f"loaded the model only partly, choose memory_mode model_cpu_offload or sequential.")
+            f"loaded the model only partly, choose memory_mode model_cpu_offload or sequential."
+        )
     if param.dtype == like.dtype:
         return param
     return param.to(dtype=like.dtype)
@@ -79,8 +80,15 @@ class RMSNorm(nn.Module):
 
 
 # `attention(q, k, v)` [B, heads, tokens, head_dim]: the backend the transformer calls (models/attention.py)
-cast = SimpleNamespace(Linear=Linear, Conv2d=Conv2d, Conv3d=Conv3d, LayerNorm=LayerNorm, GroupNorm=GroupNorm,
-                       RMSNorm=RMSNorm, attention=sdpa)
+cast = SimpleNamespace(
+    Linear=Linear,
+    Conv2d=Conv2d,
+    Conv3d=Conv3d,
+    LayerNorm=LayerNorm,
+    GroupNorm=GroupNorm,
+    RMSNorm=RMSNorm,
+    attention=sdpa,
+)
 
 
 def resolve(ops: SimpleNamespace | None) -> SimpleNamespace:

@@ -88,7 +88,9 @@ def make_groups(sp: int | None = None, cfg_parallel: bool = False) -> ParallelGr
     """Split the initialised world into CFG x SP groups. `sp` None = every rank not used by CFG parallelism."""
     if not dist.is_initialized():
         if (sp or 1) != 1 or cfg_parallel:
-            raise RuntimeError("--sp > 1 or --cfg-parallel need several processes: start with torchrun --nproc-per-node N")
+            raise RuntimeError(
+                "--sp > 1 or --cfg-parallel need several processes: start with torchrun --nproc-per-node N"
+            )
         return ParallelGroups(0, 1, 1, 1)
     world, rank = dist.get_world_size(), dist.get_rank()
     cfg = 2 if cfg_parallel else 1

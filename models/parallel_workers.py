@@ -64,8 +64,10 @@ def parse_devices(text: str) -> tuple[str, ...]:
         except RuntimeError:
             raise ValueError(f"{name!r} is not a device name; use cuda:0, cuda:1, ... (or cpu for testing)") from None
         if device.type == "cuda" and (device.index is None or device.index >= torch.cuda.device_count()):
-            raise ValueError(f"{name}: name a present CUDA device with its index (this machine has "
-                             f"{torch.cuda.device_count()}: cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+            raise ValueError(
+                f"{name}: name a present CUDA device with its index (this machine has "
+                f"{torch.cuda.device_count()}: cuda:0 .. cuda:{torch.cuda.device_count() - 1})"
+            )
         if device.type not in ("cuda", "cpu"):
             raise ValueError(f"{name}: parallel sampling runs on CUDA devices (NCCL) or the CPU (gloo)")
         kinds.add(device.type)
@@ -236,8 +238,14 @@ class RemoteTransformer(nn.Module):
         options = NO_OPTIONS if options is None else options
         teacache, step_index = options.teacache, options.step_index
         cpu = lambda t: t if not isinstance(t, torch.Tensor) else t.detach().cpu()  # noqa: E731
-        inputs = {"latents": cpu(latents), "timestep": cpu(torch.as_tensor(timestep)), "text": cpu(text),
-                  "text_t5": cpu(text_t5), "step_index": step_index, **{k: cpu(v) for k, v in conditions.items()}}
+        inputs = {
+            "latents": cpu(latents),
+            "timestep": cpu(torch.as_tensor(timestep)),
+            "text": cpu(text),
+            "text_t5": cpu(text_t5),
+            "step_index": step_index,
+            **{k: cpu(v) for k, v in conditions.items()},
+        }
         if teacache is not None:  # the workers keep their own TeaCache state, with these settings
             inputs["teacache"] = (teacache.coefficients, teacache.threshold, teacache.num_steps, teacache.skip_start)
         prediction, computed = self.pool.call(inputs, options.interrupt)

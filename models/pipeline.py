@@ -70,8 +70,10 @@ def resize_mask(mask: torch.Tensor, latent_frames: int, latent_h: int, latent_w:
     if latent_frames == 1:
         return first
     rest = F.interpolate(
-        mask[:, :, 1:] if mask.shape[2] > 1 else mask, size=(latent_frames - 1, latent_h, latent_w),
-        mode="trilinear", align_corners=False,
+        mask[:, :, 1:] if mask.shape[2] > 1 else mask,
+        size=(latent_frames - 1, latent_h, latent_w),
+        mode="trilinear",
+        align_corners=False,
     )
     return torch.cat([first, rest], dim=2)
 
@@ -124,7 +126,6 @@ def inpaint_latents(
     latents = vae_encode(masked)
     mask_channel = resize_mask(1.0 - mask, latent_frames, latent_h, latent_w) * VAE_SCALING_FACTOR
     return torch.cat([mask_channel.to(latents.dtype), latents], dim=1).expand(batch, -1, -1, -1, -1)
-
 
 
 def control_latents(

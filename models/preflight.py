@@ -141,8 +141,11 @@ def nearest_fitting_requests(fits: Callable[[int, int, int], bool], width: int, 
 
 def refusal(what: str, price: Price, suggestions: list[str], modes: list[str] = ()) -> RequestRefused:
     fixes = [f"memory_mode {m}" for m in modes] + list(suggestions)
-    advice = ("Nearest that fits: " + "; or ".join(fixes) + ".") if fixes else (
-        "Nothing smaller fits either: close other programs or use a machine with more memory.")
+    advice = (
+        ("Nearest that fits: " + "; or ".join(fixes) + ".")
+        if fixes
+        else ("Nothing smaller fits either: close other programs or use a machine with more memory.")
+    )
     return RequestRefused(f"EasyAnimate refused {what} before starting: it {price.describe()}. {advice}")
 
 
@@ -170,7 +173,9 @@ def model_bytes(model, storages: tuple[str, ...]):
     from .memory import model_bytes_for_transformer_files
 
     folder = model.companion if model.detection.layout == "single_file" else model.path
-    weights = model_bytes_for_transformer_files(model.path, model.dtype, storages, model.fp8_mode, model.version, folder)
+    weights = model_bytes_for_transformer_files(
+        model.path, model.dtype, storages, model.fp8_mode, model.version, folder
+    )
     return add_lora_bytes(weights, model)  # an attached LoRA stack's tensors (docs/lora.md, cost)
 
 
@@ -227,6 +232,7 @@ def check_request(model, device, width: int, height: int, frames: int, cfg: bool
     resident = 0 if loaded_plan is not None else weights.transformer[storages[0]]  # already in RAM: counted as used
 
     if device.type != "cuda" or free_vram is None:  # everything in RAM
+
         def ram_needed(w: int, h: int, f: int) -> int:
             activations = transformer_activation_bytes(weights.inner_dim, w, h, f, model.version, cfg, model.dtype)
             return int((resident + activations) * RAM_HEADROOM)
@@ -254,8 +260,11 @@ def check_request(model, device, width: int, height: int, frames: int, cfg: bool
     price = Price(fits(width, height, frames), int(chosen.ram_needed * RAM_HEADROOM), ram_room,
                   chosen.peak_vram, vram, block_seconds, chosen.mode)  # fmt: skip
     if not price.fits:
-        other_modes = [m for m in ("gpu", "model_cpu_offload", "sequential")
-                       if mode not in ("auto", m) and loaded_plan is None and fits(width, height, frames, (m,))]
+        other_modes = [
+            m
+            for m in ("gpu", "model_cpu_offload", "sequential")
+            if mode not in ("auto", m) and loaded_plan is None and fits(width, height, frames, (m,))
+        ]
         raise refusal(what, price, nearest_fitting_requests(fits, width, height, frames), other_modes)
     log(f"EasyAnimate pre-flight {what}: mode {chosen.mode}, {price.describe()}, longest block ~{block_seconds:.1f} s")
     return price
@@ -322,6 +331,8 @@ def token_warnings(encoder, texts: dict[str, str]) -> list[str]:
     lines = []
     for label, text in texts.items():
         for stream, count in dropped_tokens(encoder, text).items():
-            lines.append(f"EasyAnimate: the {label} is {count} tokens too long for the {stream} text encoder "
-                         f"(limit {encoder.max_length(stream)}): its last {count} tokens are ignored. Shorten it.")
+            lines.append(
+                f"EasyAnimate: the {label} is {count} tokens too long for the {stream} text encoder "
+                f"(limit {encoder.max_length(stream)}): its last {count} tokens are ignored. Shorten it."
+            )
     return lines

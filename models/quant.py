@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from . import ops as cast_ops
-
 from .defaults import FP8_MODES  # noqa: F401 (re-exported)
+
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 # Tensors kept in the compute dtype by "quality"/"scaled": state-dict names (original key naming) of norms,
@@ -45,7 +45,9 @@ def is_precision_sensitive(name: str) -> bool:
     return bool(_SENSITIVE.search(name))
 
 
-def storage_rule(mode: str, storage_dtype: torch.dtype | None, compute_dtype: torch.dtype) -> Callable[[str], torch.dtype]:
+def storage_rule(
+    mode: str, storage_dtype: torch.dtype | None, compute_dtype: torch.dtype
+) -> Callable[[str], torch.dtype]:
     """name -> the dtype that tensor is held in, for a transformer loaded with `storage_dtype` in `mode`."""
     if mode not in FP8_MODES:
         raise ValueError(f"fp8_mode must be one of {FP8_MODES}, got {mode!r}")
@@ -64,7 +66,9 @@ def fp8_max(dtype: torch.dtype) -> float:
     return float(torch.finfo(dtype).max)
 
 
-def quantize_scaled(weight: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_scaled(
+    weight: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(fp8 tensor, fp32 scalar scale) with weight ≈ fp8.float() * scale; amax maps to the fp8 maximum."""
     amax = weight.detach().abs().max().float().clamp(min=1e-12)
     scale = amax / fp8_max(dtype)
@@ -152,16 +156,32 @@ class ScaledLoader:
 # -- loading ----------------------------------------------------------------------------------------------------------
 
 
-def load_transformer_fp8(source, dtype: torch.dtype = torch.bfloat16,
-                         storage_dtype: torch.dtype | None = torch.float8_e4m3fn, fp8_mode: str = "quality", device="cpu",
-                         fp8_matmul: bool = False, progress: Callable[[int, int], None] | None = None,
-                         interrupt: Callable[[], None] | None = None, attention=None):
+def load_transformer_fp8(
+    source,
+    dtype: torch.dtype = torch.bfloat16,
+    storage_dtype: torch.dtype | None = torch.float8_e4m3fn,
+    fp8_mode: str = "quality",
+    device="cpu",
+    fp8_matmul: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    interrupt: Callable[[], None] | None = None,
+    attention=None,
+):
     """`models.loading.transformer.load_transformer` with qfloat8 defaults (e4m3 storage, "quality" mode): streams
     tensor by tensor from safetensors straight into the held dtype (never a full bf16 copy in RAM)."""
     from .loading.transformer import load_transformer
 
-    return load_transformer(source, dtype, storage_dtype, device=device, progress=progress, interrupt=interrupt,
-                            fp8_mode=fp8_mode, fp8_matmul=fp8_matmul, attention=attention)
+    return load_transformer(
+        source,
+        dtype,
+        storage_dtype,
+        device=device,
+        progress=progress,
+        interrupt=interrupt,
+        fp8_mode=fp8_mode,
+        fp8_matmul=fp8_matmul,
+        attention=attention,
+    )
 
 
 def allocated_bytes(module: torch.nn.Module) -> int:

@@ -151,5 +151,9 @@ def vae_oom_message(model, method: str, shape: tuple[int, ...]) -> str:
 
     frames, height, width = shape[2:]
     if method == "decode":  # latent -> pixel sizes
-        frames, height, width = (frames - 1) * VAE_TEMPORAL_SCALE + 1, height * VAE_SPATIAL_SCALE, width * VAE_SPATIAL_SCALE
+        frames, height, width = (
+            (frames - 1) * VAE_TEMPORAL_SCALE + 1,
+            height * VAE_SPATIAL_SCALE,
+            width * VAE_SPATIAL_SCALE,
+        )
     return oom_advice(getattr(model, "memory_mode", "auto"), "?", width, height, frames, stage=method)

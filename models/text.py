@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from .defaults import MAX_SEQUENCE_LENGTH  # both versions: docs/faithfulness.md, text encoders
 from .loading.text import (
     FP8_STORAGE_DTYPES,
     StreamFiles,
@@ -42,8 +43,6 @@ from .loading.text import (
     normalize_version,
     text_encoder_files,
 )
-
-from .defaults import MAX_SEQUENCE_LENGTH  # both versions: docs/faithfulness.md, text encoders
 
 # RoPE position ids of Qwen pad tokens. "reference": cumsum(mask) - 1 with pads set to 1, the text-only rule of
 # transformers 4.x (checked in 4.57.1, docs/faithfulness.md, text encoders), the major version EasyAnimate V5.1 was
@@ -113,10 +112,15 @@ class PromptEmbeddings:
             return tuple(t.to(device=device, dtype=dtype if cast else None) for t in tensors)
 
         return PromptEmbeddings(
-            version=self.version, streams=self.streams,
-            positive=move(self.positive, True), negative=move(self.negative, True),
-            positive_mask=move(self.positive_mask, False), negative_mask=move(self.negative_mask, False),
-            prompts=self.prompts, negative_prompts=self.negative_prompts, cache_key=self.cache_key,
+            version=self.version,
+            streams=self.streams,
+            positive=move(self.positive, True),
+            negative=move(self.negative, True),
+            positive_mask=move(self.positive_mask, False),
+            negative_mask=move(self.negative_mask, False),
+            prompts=self.prompts,
+            negative_prompts=self.negative_prompts,
+            cache_key=self.cache_key,
         )
 
 
@@ -181,8 +185,16 @@ def qwen_position_ids(attention_mask: torch.Tensor, pad_positions: str = "refere
 class TextEncoder:
     """The text encoders of one EasyAnimate model folder. Use `load_text_encoder` to make one."""
 
-    def __init__(self, model_dir: Path, version: str, files: tuple[StreamFiles, ...], dtype: torch.dtype,
-                 storage_dtype: torch.dtype | None, device: torch.device, qwen_pad_positions: str):
+    def __init__(
+        self,
+        model_dir: Path,
+        version: str,
+        files: tuple[StreamFiles, ...],
+        dtype: torch.dtype,
+        storage_dtype: torch.dtype | None,
+        device: torch.device,
+        qwen_pad_positions: str,
+    ):
         self.model_dir = model_dir
         self.version = version
         self.files = files
@@ -193,8 +205,9 @@ class TextEncoder:
         self.qwen_pad_positions = qwen_pad_positions
         self.tokenizers = {f.stream: load_tokenizer(f) for f in files}
         self.models: dict[str, torch.nn.Module] = {}
-        self.fingerprint = _digest(_fingerprint(files, version), str(dtype), str(storage_dtype), device.type,
-                                   qwen_pad_positions)
+        self.fingerprint = _digest(
+            _fingerprint(files, version), str(dtype), str(storage_dtype), device.type, qwen_pad_positions
+        )
 
     @property
     def loaded(self) -> bool:
@@ -230,14 +243,23 @@ class TextEncoder:
                 text_in = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             else:
                 text_in = text
-            tokens = tokenizer(text_in, padding="max_length", max_length=self.max_length(stream), truncation=True,
-                               return_attention_mask=True, return_tensors="pt")
+            tokens = tokenizer(
+                text_in,
+                padding="max_length",
+                max_length=self.max_length(stream),
+                truncation=True,
+                return_attention_mask=True,
+                return_tensors="pt",
+            )
             input_ids, mask = tokens.input_ids.to(self.device), tokens.attention_mask
             if stream == "qwen":
                 mask_on_device = mask.to(self.device)
-                output = model(input_ids=input_ids, attention_mask=mask_on_device,
-                               position_ids=qwen_position_ids(mask_on_device, self.qwen_pad_positions),
-                               use_cache=False)
+                output = model(
+                    input_ids=input_ids,
+                    attention_mask=mask_on_device,
+                    position_ids=qwen_position_ids(mask_on_device, self.qwen_pad_positions),
+                    use_cache=False,
+                )
             else:
                 # no attention mask: V5 reference (docs/faithfulness.md, text encoders)
                 output = model(input_ids=input_ids)
@@ -245,17 +267,26 @@ class TextEncoder:
             masks.append(mask.to("cpu"))
         return tuple(hidden_states), tuple(masks)
 
-    def encode(self, prompts: str | Sequence[str], negative: str | Sequence[str] = "", *,
-               progress: ProgressFn | None = None, interrupt: InterruptFn | None = None, use_cache: bool = True,
-               release_after: bool = False) -> PromptEmbeddings:
+    def encode(
+        self,
+        prompts: str | Sequence[str],
+        negative: str | Sequence[str] = "",
+        *,
+        progress: ProgressFn | None = None,
+        interrupt: InterruptFn | None = None,
+        use_cache: bool = True,
+        release_after: bool = False,
+    ) -> PromptEmbeddings:
         """Encode a batch of prompts and their negatives, each text on its own (never merged into one chat)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         negatives = [negative] * len(prompts) if isinstance(negative, str) else list(negative)
         if not prompts:
             raise ValueError("encode() needs at least one prompt")
         if len(negatives) != len(prompts):
-            raise ValueError(f"got {len(prompts)} prompts but {len(negatives)} negative prompts; pass one negative "
-                             f"prompt (a string) for all, or a list with one per prompt")
+            raise ValueError(
+                f"got {len(prompts)} prompts but {len(negatives)} negative prompts; pass one negative "
+                f"prompt (a string) for all, or a list with one per prompt"
+            )
         if not all(isinstance(t, str) for t in prompts + negatives):
             raise TypeError("prompts and negative prompts must be strings (use '' for an empty negative prompt)")
 
@@ -284,17 +315,28 @@ class TextEncoder:
             return tuple(torch.cat([encoded[t][part][i] for t in texts], dim=0) for i in range(len(self.streams)))
 
         return PromptEmbeddings(
-            version=self.version, streams=self.streams,
-            positive=stack(prompts, 0), negative=stack(negatives, 0),
-            positive_mask=stack(prompts, 1), negative_mask=stack(negatives, 1),
-            prompts=tuple(prompts), negative_prompts=tuple(negatives),
+            version=self.version,
+            streams=self.streams,
+            positive=stack(prompts, 0),
+            negative=stack(negatives, 0),
+            positive_mask=stack(prompts, 1),
+            negative_mask=stack(negatives, 1),
+            prompts=tuple(prompts),
+            negative_prompts=tuple(negatives),
             cache_key=_digest(self.fingerprint, prompts, negatives),
         )
 
 
-def load_text_encoder(model_dir: str | Path, version: str | None = None, dtype: torch.dtype = torch.bfloat16,
-                      storage_dtype: torch.dtype | None = None, device: torch.device | str = "cpu", *,
-                      qwen_pad_positions: str = "reference", lazy: bool = False) -> TextEncoder:
+def load_text_encoder(
+    model_dir: str | Path,
+    version: str | None = None,
+    dtype: torch.dtype = torch.bfloat16,
+    storage_dtype: torch.dtype | None = None,
+    device: torch.device | str = "cpu",
+    *,
+    qwen_pad_positions: str = "reference",
+    lazy: bool = False,
+) -> TextEncoder:
     """The tokenizers and text encoders of an EasyAnimate model folder (its tokenizer*/ and text_encoder*/).
 
     dtype: compute dtype and storage dtype of everything not stored in fp8 (bf16, fp16 or fp32).

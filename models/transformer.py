@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -56,13 +55,20 @@ class TransformerParams:
         if missing:
             raise ValueError(f"transformer config lacks {missing}; expected the released config.json fields")
         unsupported = {  # options of the reference class that no released V5/V5.1 model turns on
-            "after_norm": False, "time_position_encoding_type": "3d_rope", "ref_channels": None,
-            "clip_channels": None, "swa_layers": None, "activation_fn": "gelu-approximate",
-            "timestep_activation_fn": "silu", "norm_elementwise_affine": True,
+            "after_norm": False,
+            "time_position_encoding_type": "3d_rope",
+            "ref_channels": None,
+            "clip_channels": None,
+            "swa_layers": None,
+            "activation_fn": "gelu-approximate",
+            "timestep_activation_fn": "silu",
+            "norm_elementwise_affine": True,
         }
         for key, released in unsupported.items():
             if config.get(key, released) != released:
-                raise ValueError(f"transformer config {key}={config[key]!r} is not supported (released value {released!r})")
+                raise ValueError(
+                    f"transformer config {key}={config[key]!r} is not supported (released value {released!r})"
+                )
         values = {f.name: config[f.name] for f in fields(cls) if f.name in config}
         if values["text_embed_dim_t5"] is not None and values["add_norm_text_encoder"]:
             raise ValueError("text_embed_dim_t5 with add_norm_text_encoder is not a released combination")
@@ -285,7 +291,9 @@ class EasyAnimateTransformer(nn.Module):
     def _embed_text(self, text: torch.Tensor, text_t5: torch.Tensor | None) -> torch.Tensor:
         if (text_t5 is None) != (self.text_proj_t5 is None):
             expected = "Bert and mT5 features (V5)" if self.text_proj_t5 is not None else "one text stream (V5.1)"
-            raise ValueError(f"this transformer expects {expected}; got text_t5={'None' if text_t5 is None else 'a tensor'}")
+            raise ValueError(
+                f"this transformer expects {expected}; got text_t5={'None' if text_t5 is None else 'a tensor'}"
+            )
         tokens = self.text_proj(text)
         if text_t5 is not None:  # V5: Bert tokens first, then mT5 tokens (docs/faithfulness.md, text streams)
             tokens = torch.cat([tokens, self.text_proj_t5(text_t5)], dim=1)

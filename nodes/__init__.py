@@ -1,6 +1,6 @@
 """Node registry: every node family module contributes its own mappings."""
 
-from . import camera, control, extend, lora, loaders, parallel, sampler, text, trajectory, vae
+from . import camera, control, extend, loaders, lora, parallel, sampler, text, trajectory, vae
 from .bridge import register_model_folders
 
 register_model_folders()

@@ -281,9 +281,11 @@ def load_on_device(patcher, extra_bytes: int = 0, full: bool = True, log=print) 
         options["force_full_load"] = True
     mm.load_models_gpu([patcher], **options)
     if full and patcher.loaded_size() < patcher.model_size():
-        log(f"EasyAnimate: ComfyUI loaded only {patcher.loaded_size() / 2**30:.1f} of "
+        log(
+            f"EasyAnimate: ComfyUI loaded only {patcher.loaded_size() / 2**30:.1f} of "
             f"{patcher.model_size() / 2**30:.1f} GB of the model onto {patcher.load_device}; the rest runs from RAM "
-            "(slow). Choose memory_mode model_cpu_offload or sequential for this size.")
+            "(slow). Choose memory_mode model_cpu_offload or sequential for this size."
+        )
 
 
 def hold_on_device(holder, name: str, residency, device) -> None:

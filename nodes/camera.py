@@ -110,8 +110,15 @@ class EasyAnimateCameraPoseFile(_CameraNode):
         return {
             "required": {
                 "pose_file": (files, {"tooltip": "Pose files in input/ and input/camera_poses/."}),
-                "fps": ("INT", {"default": DEFAULT_FPS, "min": 1, "max": 24,
-                                "tooltip": "Frame rate of the video to make (EasyAnimate: 8)."}),  # fmt: skip
+                "fps": (
+                    "INT",
+                    {
+                        "default": DEFAULT_FPS,
+                        "min": 1,
+                        "max": 24,
+                        "tooltip": "Frame rate of the video to make (EasyAnimate: 8).",
+                    },
+                ),  # fmt: skip
             }
         }
 

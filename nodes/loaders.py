@@ -67,9 +67,14 @@ def resolve_model(name: str) -> Path:
         )
     folder_key, relative = EASYANIMATE_FOLDER, name
     if name.startswith(SINGLE_FILE_PREFIX):
-        folder_key, relative = DIFFUSION_MODELS_FOLDER, name[len(SINGLE_FILE_PREFIX):]
+        folder_key, relative = DIFFUSION_MODELS_FOLDER, name[len(SINGLE_FILE_PREFIX) :]
     # Checked lexically: the name may not leave the folder; a symlink inside it may point anywhere.
-    return find_in_folders(folder_key, relative_name(relative, "model", "a folder or file inside the model folders"), _default_dir(folder_key), "model")
+    return find_in_folders(
+        folder_key,
+        relative_name(relative, "model", "a folder or file inside the model folders"),
+        _default_dir(folder_key),
+        "model",
+    )
 
 
 def _default_dir(folder_key: str) -> str:
@@ -95,7 +100,10 @@ class EasyAnimateModelLoader:
         models = list_models() or [no_models_entry()]
         return {
             "required": {
-                "model": (models, {"tooltip": "Folder in models/EasyAnimate (or transformer file in diffusion_models)."}),
+                "model": (
+                    models,
+                    {"tooltip": "Folder in models/EasyAnimate (or transformer file in diffusion_models)."},
+                ),
                 "precision": (list(PRECISIONS), {"default": PRECISIONS[0], "tooltip": "Compute dtype."}),
                 "weight_storage": (
                     list(WEIGHT_STORAGES),
@@ -104,11 +112,37 @@ class EasyAnimateModelLoader:
             },
             "optional": {
                 "memory_mode": (list(MEMORY_MODE_CHOICES), {"default": MEMORY_MODE_CHOICES[0]}),
-                "resident_blocks": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip": "sequential mode: transformer blocks kept on the GPU (0 = as many as fit)"}),
+                "resident_blocks": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": 64,
+                        "tooltip": "sequential mode: transformer blocks kept on the GPU (0 = as many as fit)",
+                    },
+                ),
                 "fp8_mode": (list(FP8_MODES), {"default": FP8_MODES[0]}),
-                "attention": (list(ATTENTION_CHOICES), {"default": ATTENTION_CHOICES[0], "tooltip": "auto: flash-attn if installed, else PyTorch SDPA. sage (SageAttention) is faster and changes the output slightly. A choice that is not installed falls back to SDPA with a message."}),
-                "compile": ("BOOLEAN", {"default": False, "tooltip": "torch.compile each transformer block: faster steps after a one-time compile (minutes) per video size; needs a working Triton/C++ compiler."}),
-                "text_encoder_storage": (list(WEIGHT_STORAGES), {"default": SAME_AS_PRECISION, "tooltip": "fp8 storage of the text encoders' big Linear weights (mT5, Qwen2-VL; Bert stays as is): about half their memory, prompt embeddings change slightly."}),
+                "attention": (
+                    list(ATTENTION_CHOICES),
+                    {
+                        "default": ATTENTION_CHOICES[0],
+                        "tooltip": "auto: flash-attn if installed, else PyTorch SDPA. sage (SageAttention) is faster and changes the output slightly. A choice that is not installed falls back to SDPA with a message.",
+                    },
+                ),
+                "compile": (
+                    "BOOLEAN",
+                    {
+                        "default": False,
+                        "tooltip": "torch.compile each transformer block: faster steps after a one-time compile (minutes) per video size; needs a working Triton/C++ compiler.",
+                    },
+                ),
+                "text_encoder_storage": (
+                    list(WEIGHT_STORAGES),
+                    {
+                        "default": SAME_AS_PRECISION,
+                        "tooltip": "fp8 storage of the text encoders' big Linear weights (mT5, Qwen2-VL; Bert stays as is): about half their memory, prompt embeddings change slightly.",
+                    },
+                ),
             },
         }
 
@@ -120,9 +154,18 @@ class EasyAnimateModelLoader:
         storage = None if weight_storage == SAME_AS_PRECISION else weight_storage
         companions = [resolve_model(name) for name in list_models() if not name.startswith(SINGLE_FILE_PREFIX)]
         return (
-            open_model(resolve_model(model), precision, storage, memory_mode, resident_blocks, fp8_mode, companions,
-                       attention=attention, compile_blocks=compile,
-                       text_encoder_storage=None if text_encoder_storage == SAME_AS_PRECISION else text_encoder_storage),
+            open_model(
+                resolve_model(model),
+                precision,
+                storage,
+                memory_mode,
+                resident_blocks,
+                fp8_mode,
+                companions,
+                attention=attention,
+                compile_blocks=compile,
+                text_encoder_storage=None if text_encoder_storage == SAME_AS_PRECISION else text_encoder_storage,
+            ),
         )
 
 

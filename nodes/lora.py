@@ -17,8 +17,10 @@ list_loras = CachedListing(LORAS_FOLDER, files_under(".safetensors"))
 def resolve_lora(name: str) -> Path:
     """The file behind a dropdown entry; refuses names that leave the LoRA folders and non-safetensors files."""
     if name == NO_LORAS:
-        raise FileNotFoundError("No LoRA is installed: put a .safetensors LoRA into ComfyUI/models/loras/ (or a "
-                                "folder named `loras` in extra_model_paths.yaml) and refresh the page.")
+        raise FileNotFoundError(
+            "No LoRA is installed: put a .safetensors LoRA into ComfyUI/models/loras/ (or a "
+            "folder named `loras` in extra_model_paths.yaml) and refresh the page."
+        )
     relative = relative_name(name, "LoRA", "a file inside the loras folders")
     if relative.suffix.lower() != ".safetensors":
         raise ValueError(f"LoRA {name!r}: only .safetensors files are loaded (pickle formats can execute code)")

@@ -44,8 +44,10 @@ class EasyAnimateParallelOptions:
             return str(error)
         ranks = (sequence_parallel or count // (2 if cfg_parallel else 1)) * (2 if cfg_parallel else 1)
         if ranks != count:
-            return (f"sequence_parallel {sequence_parallel} x cfg {2 if cfg_parallel else 1} = {ranks} ranks, but "
-                    f"{count} devices are listed; they must match (0 = automatic)")
+            return (
+                f"sequence_parallel {sequence_parallel} x cfg {2 if cfg_parallel else 1} = {ranks} ranks, but "
+                f"{count} devices are listed; they must match (0 = automatic)"
+            )
         return True
 
     def options(self, devices, sequence_parallel, cfg_parallel):

@@ -69,20 +69,36 @@ class EasyAnimateVideoSampler:
                 "embeddings": ("EASYANIMATE_EMBEDS",),
                 "width": ("INT", {"default": DEFAULT_WIDTH, "min": MIN_SIDE, "max": MAX_SIDE, "step": SIDE_MULTIPLE}),
                 "height": ("INT", {"default": DEFAULT_HEIGHT, "min": MIN_SIDE, "max": MAX_SIDE, "step": SIDE_MULTIPLE}),
-                "frames": ("INT", {"default": DEFAULT_FRAMES, "min": MIN_FRAMES, "max": MAX_FRAMES, "step": FRAME_STEP,
-                                   "tooltip": f"1 or 4k+1 up to {MAX_FRAMES}; {DEFAULT_FRAMES} trained"}),
+                "frames": (
+                    "INT",
+                    {
+                        "default": DEFAULT_FRAMES,
+                        "min": MIN_FRAMES,
+                        "max": MAX_FRAMES,
+                        "step": FRAME_STEP,
+                        "tooltip": f"1 or 4k+1 up to {MAX_FRAMES}; {DEFAULT_FRAMES} trained",
+                    },
+                ),
                 "steps": ("INT", {"default": DEFAULT_STEPS, "min": 1, "max": MAX_STEPS}),
-                "cfg": ("FLOAT", {"default": DEFAULT_GUIDANCE, "min": 0.0, "max": MAX_GUIDANCE, "step": 0.1,
-                                  "round": 0.01}),
+                "cfg": (
+                    "FLOAT",
+                    {"default": DEFAULT_GUIDANCE, "min": 0.0, "max": MAX_GUIDANCE, "step": 0.1, "round": 0.01},
+                ),
                 "seed": ("INT", {"default": DEFAULT_SEED, "min": 0, "max": SEED_MAX, "control_after_generate": True}),
                 "scheduler": (SCHEDULERS, {"default": AUTO_SCHEDULER, "tooltip": AUTO_TOOLTIP}),
                 "teacache_threshold": (
                     "FLOAT",
-                    {"default": DEFAULT_TEACACHE_THRESHOLD, "min": 0.0, "max": 1.0, "step": 0.005,
-                     "tooltip": "TeaCache: skip steps whose input barely changed (0 = off; V5.1 only)."},
+                    {
+                        "default": DEFAULT_TEACACHE_THRESHOLD,
+                        "min": 0.0,
+                        "max": 1.0,
+                        "step": 0.005,
+                        "tooltip": "TeaCache: skip steps whose input barely changed (0 = off; V5.1 only).",
+                    },
                 ),  # fmt: skip
                 "teacache_skip_start": (
-                    "INT", {"default": 0, "min": 0, "max": 200, "tooltip": "Always compute this many first steps."}
+                    "INT",
+                    {"default": 0, "min": 0, "max": 200, "tooltip": "Always compute this many first steps."},
                 ),  # fmt: skip
             },
             "optional": {
@@ -96,11 +112,18 @@ class EasyAnimateVideoSampler:
                 # issue-15: camera paths and region-mask editing (appended; never reorder)
                 "camera": ("EASYANIMATE_CAMERA", {"tooltip": "Control-Camera models: a camera move or pose file."}),
                 "mask": ("MASK", {"tooltip": "InP models with input_video (or start_image): 1 = regenerate."}),
-                "mask_composite": ("BOOLEAN", {
-                    "default": True, "tooltip": "Mask edits: paste the input back outside the mask (off = the "
-                    "original's output, where the model re-renders everything)."}),
-                "mask_feather": ("INT", {"default": 8, "min": 0, "max": 256,
-                                         "tooltip": "Mask edits: width in pixels of the blended edge."}),
+                "mask_composite": (
+                    "BOOLEAN",
+                    {
+                        "default": True,
+                        "tooltip": "Mask edits: paste the input back outside the mask (off = the "
+                        "original's output, where the model re-renders everything).",
+                    },
+                ),
+                "mask_feather": (
+                    "INT",
+                    {"default": 8, "min": 0, "max": 256, "tooltip": "Mask edits: width in pixels of the blended edge."},
+                ),
                 "parallel": ("EASYANIMATE_PARALLEL", {"tooltip": "EasyAnimate Parallel Options: several GPUs."}),
             },
         }

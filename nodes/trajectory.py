@@ -24,7 +24,7 @@ class EasyAnimateTrajectory:
     RETURN_NAMES = ("control_video",)
     DESCRIPTION = (
         "Draws point tracks as the Gaussian discs the V5.1 Control models were trained on; feed the result to the "
-        "sampler's control_video. Tracks: a JSON list of {\"x\", \"y\"} pixel points (one track), a list of such "
+        'sampler\'s control_video. Tracks: a JSON list of {"x", "y"} pixel points (one track), a list of such '
         "lists (several tracks), or KJNodes' Spline Editor coordinate string as it is. Each track is stretched to "
         "the frame count."
     )

@@ -59,7 +59,9 @@ class EasyAnimateVAEDecode:
     def INPUT_TYPES(cls):
         return {
             "required": {"model": ("EASYANIMATE_MODEL",), "latents": ("EASYANIMATE_LATENT",)},
-            "optional": {"tile_size": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 16, "tooltip": TILE_TOOLTIP})},
+            "optional": {
+                "tile_size": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 16, "tooltip": TILE_TOOLTIP})
+            },
         }
 
     def decode(self, model, latents, tile_size=0):
@@ -84,7 +86,9 @@ class EasyAnimateVAEEncode:
     def INPUT_TYPES(cls):
         return {
             "required": {"model": ("EASYANIMATE_MODEL",), "images": ("IMAGE",)},
-            "optional": {"tile_size": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 16, "tooltip": TILE_TOOLTIP})},
+            "optional": {
+                "tile_size": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 16, "tooltip": TILE_TOOLTIP})
+            },
         }
 
     def encode(self, model, images, tile_size=0):

@@ -22,9 +22,9 @@ BIG_WIDTH = {"num_attention_heads": 16, "attention_head_dim": 64, "num_layers": 
 def write_big_model(dest: Path, name: str = "big-EasyAnimateV5.1-12b-zh", seed: int = 0) -> Path:
     """Write the model folder `dest/name` (once) and return it."""
     from safetensors.torch import save_file
+    from tiny_checkpoints import tiny_model_dir
 
     from models.transformer import EasyAnimateTransformer, TransformerParams
-    from tiny_checkpoints import tiny_model_dir
 
     folder = Path(dest) / name
     if (folder / "transformer" / "diffusion_pytorch_model.safetensors").is_file():

@@ -92,8 +92,11 @@ def comfy_server(tmp_path_factory):
     single_files = tmp_path_factory.mktemp("diffusion_models")
     for file in tiny_root.glob("*.safetensors"):
         (single_files / file.name).symlink_to(file)
-    model_paths = {"EasyAnimate": [yaml_dir, tiny_root], "diffusion_models": [single_files],
-                   "loras": [tiny_lora_folder(tmp_path_factory.mktemp("loras"), tiny_root)]}
+    model_paths = {
+        "EasyAnimate": [yaml_dir, tiny_root],
+        "diffusion_models": [single_files],
+        "loras": [tiny_lora_folder(tmp_path_factory.mktemp("loras"), tiny_root)],
+    }
     server = ComfyServer.start(
         custom_nodes={PACK_FOLDER_NAME: REPO_ROOT, BROKEN_PACK_NAME: broken},
         model_paths=model_paths,
@@ -107,8 +110,11 @@ ISOLATED_ENV = "EASYANIMATE_ISOLATED_RUN"
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "isolated: an RSS measurement run in a pytest process of its own "
-                            "(tests/test_isolated.py starts it), so other tests' leftovers cannot move its figures")
+    config.addinivalue_line(
+        "markers",
+        "isolated: an RSS measurement run in a pytest process of its own "
+        "(tests/test_isolated.py starts it), so other tests' leftovers cannot move its figures",
+    )
 
 
 def pytest_collection_modifyitems(config, items):

@@ -58,9 +58,10 @@ class Recorder:
 
 def run_case(name: str, wrap=lambda model: model):
     """(latents [1,16,F,h,w], skipped TeaCache steps, accumulated distances) of one case; `wrap` turns the model into what is sampled."""
+    from tiny_checkpoints import ensure_tiny_checkpoints
+
     from models import pipeline
     from models.components import open_model
-    from tiny_checkpoints import ensure_tiny_checkpoints
 
     folder, extras, threshold = CASES[name]
     model = open_model(ensure_tiny_checkpoints() / folder, "fp32", memory_mode="gpu")

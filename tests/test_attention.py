@@ -62,7 +62,9 @@ def test_the_injected_attention_really_decides_the_output():
     torch.manual_seed(0)
     plain = EasyAnimateTransformer(PARAMS).eval()
     torch.manual_seed(0)
-    uniform = EasyAnimateTransformer(PARAMS, attn.with_attention(cast_ops.cast, lambda q, k, v: v.mean(2, keepdim=True).expand_as(v))).eval()
+    uniform = EasyAnimateTransformer(
+        PARAMS, attn.with_attention(cast_ops.cast, lambda q, k, v: v.mean(2, keepdim=True).expand_as(v))
+    ).eval()
     with torch.inference_mode():
         assert (plain(*_inputs()) - uniform(*_inputs())).abs().max() > 1e-3
 
@@ -106,7 +108,7 @@ def test_unknown_choice_is_refused():
 def test_loader_lists_the_attention_choices_of_the_models(pack):
     optional = pack.NODE_CLASS_MAPPINGS["EasyAnimateModelLoader"].INPUT_TYPES()["optional"]
     names = list(optional)  # appended after fp8_mode, in this order; later inputs are appended after them
-    assert names[names.index("fp8_mode") + 1:names.index("fp8_mode") + 3] == ["attention", "compile"]
+    assert names[names.index("fp8_mode") + 1 : names.index("fp8_mode") + 3] == ["attention", "compile"]
     assert tuple(optional["attention"][0]) == attn.ATTENTION_CHOICES
     assert optional["compile"][0] == "BOOLEAN" and optional["compile"][1]["default"] is False
 

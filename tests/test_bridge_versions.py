@@ -10,7 +10,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from conftest import REPO_ROOT
 
 CUDA = torch.device("cuda")  # only its .type is read: the fakes stand in for the device

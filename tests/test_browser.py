@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from run_workflow import choose_models, example_inputs
 from workflow_api import to_api
 

@@ -34,7 +34,10 @@ def test_combine_node_widgets_are_four_presets_then_speed(camera_nodes):
 def test_every_camera_node_returns_one_camera_under_the_camera_category(camera_nodes):
     for name, node in camera_nodes.NODE_CLASS_MAPPINGS.items():
         assert (node.CATEGORY, node.RETURN_TYPES, node.RETURN_NAMES) == (
-            "EasyAnimate/camera", ("EASYANIMATE_CAMERA",), ("camera",)), name
+            "EasyAnimate/camera",
+            ("EASYANIMATE_CAMERA",),
+            ("camera",),
+        ), name
         assert callable(getattr(node(), node.FUNCTION)), name
     assert camera_nodes.EasyAnimateCameraPoseFile.FUNCTION == "load"
 
@@ -45,7 +48,8 @@ def test_preset_nodes_build_the_preset_path_from_their_widgets(camera_nodes, pac
     (single,) = camera_nodes.EasyAnimateCameraPreset().build(preset="ACW", speed=0.5)
     assert single == preset("ACW", 0.5) and single.segments[0].angle == (0.0, 0.0, 1.0)
     (combined,) = camera_nodes.EasyAnimateCameraCombine().build(
-        preset_1="Pan Left", preset_2="Zoom In", preset_3="CW", preset_4="Static", speed=1.5)
+        preset_1="Pan Left", preset_2="Zoom In", preset_3="CW", preset_4="Static", speed=1.5
+    )
     assert combined == preset(["Pan Left", "Zoom In", "CW", "Static"], 1.5)
     assert (combined.segments[0].angle, combined.segments[0].translation) == ((0.0, 0.0, -1.0), (1.0, 0.0, -2.0))
     with pytest.raises(ValueError, match="unknown camera preset"):

@@ -17,6 +17,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from tiny_checkpoints import SINGLE_FILES, TINY_MODELS, ensure_tiny_checkpoints, transformer_tensors
 from torch import nn
 
 from models.checkpoint import (
@@ -32,7 +33,6 @@ from models.checkpoint import (
     weight_files,
 )
 from models.variants import VARIANTS
-from tiny_checkpoints import SINGLE_FILES, TINY_MODELS, ensure_tiny_checkpoints, transformer_tensors
 
 FOLDERS = [name for name, (_, _, _, layout) in TINY_MODELS.items() if layout != "single_file"]
 
@@ -69,8 +69,11 @@ def test_truncated_file_is_reported_with_its_name(tmp_path):
         read_safetensors_header(path)
 
 
-@pytest.mark.parametrize("content", [b"", b"\x01\x02", struct.pack("<Q", 10**9) + b"{}", struct.pack("<Q", 4) + b"{{{{"],
-                         ids=["empty", "short", "huge-length", "bad-json"])
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"\x01\x02", struct.pack("<Q", 10**9) + b"{}", struct.pack("<Q", 4) + b"{{{{"],
+    ids=["empty", "short", "huge-length", "bad-json"],
+)
 def test_corrupt_header_is_reported_with_the_file_name(tmp_path, content):
     path = tmp_path / "bad.safetensors"
     path.write_bytes(content)
@@ -86,7 +89,12 @@ def test_detect_identifies_every_tiny_model_folder(tiny_root, name):
     version, size, kind, layout = TINY_MODELS[name]
     found = detect(tiny_root / name)
     assert (found.version, found.size, found.kind, found.layout, found.key_format) == (
-        version, size, kind, layout, layout)
+        version,
+        size,
+        kind,
+        layout,
+        layout,
+    )
     assert found.variant.name == name.removeprefix("tiny-").removesuffix("-diffusers")
     expected = {"transformer", "vae", "text_encoder", "tokenizer", "scheduler"}
     if version == "v5":
@@ -100,7 +108,12 @@ def test_detect_identifies_every_tiny_transformer_as_a_single_file(tiny_root, na
     file = tiny_root / name / "transformer" / "diffusion_pytorch_model.safetensors"
     found = detect(file)
     assert (found.version, found.size, found.kind, found.layout, found.key_format) == (
-        version, size, kind, "single_file", layout)
+        version,
+        size,
+        kind,
+        "single_file",
+        layout,
+    )
     assert found.paths == {"transformer": file} and found.transformer_files == [file]
 
 
@@ -109,20 +122,50 @@ def test_detect_identifies_the_named_single_files(tiny_root, file_name):
     version, size, kind, _ = TINY_MODELS[file_name]
     found = detect(tiny_root / file_name)
     assert (found.version, found.size, found.kind, found.layout, found.key_format) == (
-        version, size, kind, "single_file", SINGLE_FILES[file_name][1])
+        version,
+        size,
+        kind,
+        "single_file",
+        SINGLE_FILES[file_name][1],
+    )
 
 
 def test_single_file_config_is_inferred_from_tensor_shapes(tiny_root):
     config = detect(tiny_root / "tiny-EasyAnimateV5.1-7b-zh-InP-diffusers.safetensors").transformer_config
-    assert {k: config[k] for k in ("in_channels", "num_layers", "mmdit_layers", "num_attention_heads",
-                                   "attention_head_dim", "time_embed_dim", "patch_size", "out_channels",
-                                   "text_embed_dim", "text_embed_dim_t5", "add_norm_text_encoder")} == {
-        "in_channels": 33, "num_layers": 4, "mmdit_layers": 2, "num_attention_heads": 2, "attention_head_dim": 16,
-        "time_embed_dim": 24, "patch_size": 2, "out_channels": 16, "text_embed_dim": 64, "text_embed_dim_t5": None,
-        "add_norm_text_encoder": True}
+    assert {
+        k: config[k]
+        for k in (
+            "in_channels",
+            "num_layers",
+            "mmdit_layers",
+            "num_attention_heads",
+            "attention_head_dim",
+            "time_embed_dim",
+            "patch_size",
+            "out_channels",
+            "text_embed_dim",
+            "text_embed_dim_t5",
+            "add_norm_text_encoder",
+        )
+    } == {
+        "in_channels": 33,
+        "num_layers": 4,
+        "mmdit_layers": 2,
+        "num_attention_heads": 2,
+        "attention_head_dim": 16,
+        "time_embed_dim": 24,
+        "patch_size": 2,
+        "out_channels": 16,
+        "text_embed_dim": 64,
+        "text_embed_dim_t5": None,
+        "add_norm_text_encoder": True,
+    }
     # fields the weights cannot tell take the released V5.1 values
     assert (config["enable_text_attention_mask"], config["add_noise_in_inpaint_model"], config["norm_eps"]) == (
-        True, True, 1e-5)
+        True,
+        True,
+        1e-5,
+    )
 
 
 def test_v5_single_file_reports_both_text_widths(tiny_root):
@@ -176,20 +219,36 @@ def test_detect_accepts_a_prefixed_single_file(tiny_root, tmp_path):
         tensors = {f"model.diffusion_model.{k}": reader.get_tensor(k) for k in reader.keys()}
     save_file(tensors, str(tmp_path / "prefixed.safetensors"))
     found = detect(tmp_path / "prefixed.safetensors")
-    assert (found.version, found.size, found.kind, found.key_prefix) == ("v5", "12b", "control",
-                                                                        "model.diffusion_model.")
+    assert (found.version, found.size, found.kind, found.key_prefix) == (
+        "v5",
+        "12b",
+        "control",
+        "model.diffusion_model.",
+    )
 
 
 def released_shapes_v51_7b_inp() -> dict[str, tuple[int, ...]]:
     """Full-size V5.1-7B-InP tensor shapes, written from docs/checkpoints.md, transformer keys (1169 tensors)."""
     d, t, h = 3072, 512, 64
-    shapes = {"time_embedding.linear_1.weight": (t, d), "time_embedding.linear_1.bias": (t,),
-              "time_embedding.linear_2.weight": (t, t), "time_embedding.linear_2.bias": (t,),
-              "proj.weight": (d, 33, 2, 2), "proj.bias": (d,), "text_proj.0.weight": (3584,),
-              "text_proj.1.weight": (d, 3584), "text_proj.1.bias": (d,), "norm_final.weight": (d,),
-              "norm_final.bias": (d,), "norm_out.linear.weight": (2 * d, t), "norm_out.linear.bias": (2 * d,),
-              "norm_out.norm.weight": (d,), "norm_out.norm.bias": (d,), "proj_out.weight": (64, d),
-              "proj_out.bias": (64,)}
+    shapes = {
+        "time_embedding.linear_1.weight": (t, d),
+        "time_embedding.linear_1.bias": (t,),
+        "time_embedding.linear_2.weight": (t, t),
+        "time_embedding.linear_2.bias": (t,),
+        "proj.weight": (d, 33, 2, 2),
+        "proj.bias": (d,),
+        "text_proj.0.weight": (3584,),
+        "text_proj.1.weight": (d, 3584),
+        "text_proj.1.bias": (d,),
+        "norm_final.weight": (d,),
+        "norm_final.bias": (d,),
+        "norm_out.linear.weight": (2 * d, t),
+        "norm_out.linear.bias": (2 * d,),
+        "norm_out.norm.weight": (d,),
+        "norm_out.norm.bias": (d,),
+        "proj_out.weight": (64, d),
+        "proj_out.bias": (64,),
+    }
     for i in range(36):
         attentions = ["attn1", "attn2"] if i < 18 else ["attn1"]
         ffs = ["ff", "txt_ff"] if i < 18 else ["ff"]
@@ -201,8 +260,12 @@ def released_shapes_v51_7b_inp() -> dict[str, tuple[int, ...]]:
             block |= {f"{a}.{p}.bias": (d,) for p in ("to_q", "to_k", "to_v", "to_out.0")}
             block |= {f"{a}.{n}.{p}": (h,) for n in ("norm_q", "norm_k") for p in ("weight", "bias")}
         for f in ffs:
-            block |= {f"{f}.net.0.proj.weight": (4 * d, d), f"{f}.net.0.proj.bias": (4 * d,),
-                      f"{f}.net.2.weight": (d, 4 * d), f"{f}.net.2.bias": (d,)}
+            block |= {
+                f"{f}.net.0.proj.weight": (4 * d, d),
+                f"{f}.net.0.proj.bias": (4 * d,),
+                f"{f}.net.2.weight": (d, 4 * d),
+                f"{f}.net.2.bias": (d,),
+            }
         shapes |= {f"transformer_blocks.{i}.{k}": v for k, v in block.items()}
     return shapes
 
@@ -244,8 +307,11 @@ def test_detect_reads_only_the_header_of_a_multi_gigabyte_file(tmp_path):
     peak_growth_kib = proc_status_kib("VmHWM") - rss_before
 
     assert (found.version, found.size, found.kind) == ("v5.1", "7b", "inp")
-    assert (found.transformer_config["num_layers"], found.transformer_config["mmdit_layers"],
-            found.transformer_config["num_attention_heads"]) == (36, 18, 48)
+    assert (
+        found.transformer_config["num_layers"],
+        found.transformer_config["mmdit_layers"],
+        found.transformer_config["num_attention_heads"],
+    ) == (36, 18, 48)
     assert read_bytes <= 2 * len(raw) + 64 * 1024  # the header (plus /proc reads), not 13.6 GB
     assert peak_growth_kib <= 64 * 1024  # no tensor data mapped in either (one 7B block alone is 480 MB)
 
@@ -255,16 +321,21 @@ def test_detect_reads_only_the_header_of_a_multi_gigabyte_file(tmp_path):
 
 def test_missing_parts_of_a_v5_folder_are_listed_in_one_error(tiny_root, tmp_path):
     model = copy_model(tiny_root, "tiny-EasyAnimateV5-12b-zh-InP", tmp_path)
-    removed = [model / "vae" / "diffusion_pytorch_model.safetensors", model / "tokenizer_2" / "spiece.model",
-               model / "text_encoder" / "config.json", model / "text_encoder_2" / "model-00002-of-00002.safetensors"]
+    removed = [
+        model / "vae" / "diffusion_pytorch_model.safetensors",
+        model / "tokenizer_2" / "spiece.model",
+        model / "text_encoder" / "config.json",
+        model / "text_encoder_2" / "model-00002-of-00002.safetensors",
+    ]
     for path in removed:
         path.unlink()
     shutil.rmtree(model / "tokenizer")
     with pytest.raises(MissingFilesError) as error:
         detect(model)
     listed = [path for path, _ in error.value.missing]
-    assert sorted(listed) == sorted(removed + [model / "tokenizer" / "vocab.txt",
-                                               model / "tokenizer" / "tokenizer_config.json"])
+    assert sorted(listed) == sorted(
+        removed + [model / "tokenizer" / "vocab.txt", model / "tokenizer" / "tokenizer_config.json"]
+    )
     message = str(error.value)
     assert all(str(path) in message for path in listed)
     assert "the causal 3D VAE weights (≈1 GB)" in message and "mT5 sentencepiece tokenizer" in message
@@ -280,9 +351,13 @@ def test_missing_parts_of_a_v51_diffusers_folder_are_listed_in_one_error(tiny_ro
         shard.unlink()
     with pytest.raises(MissingFilesError) as error:
         detect(model)
-    assert sorted(path for path, _ in error.value.missing) == sorted([
-        model / "vae" / "diffusion_pytorch_model.safetensors", model / "tokenizer" / "tokenizer.json",
-        *[model / "text_encoder" / f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]])
+    assert sorted(path for path, _ in error.value.missing) == sorted(
+        [
+            model / "vae" / "diffusion_pytorch_model.safetensors",
+            model / "tokenizer" / "tokenizer.json",
+            *[model / "text_encoder" / f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)],
+        ]
+    )
     assert "https://huggingface.co/alibaba-pai/EasyAnimateV5.1-7b-zh-Control-diffusers" in str(error.value)
     assert isinstance(error.value, FileNotFoundError)
 
@@ -294,7 +369,9 @@ def test_missing_transformer_still_lists_the_text_parts_of_the_version(tiny_root
     with pytest.raises(MissingFilesError) as error:
         detect(model)
     assert [path for path, _ in error.value.missing] == [
-        model / "transformer" / "diffusion_pytorch_model.safetensors", model / "tokenizer" / "tokenizer_config.json"]
+        model / "transformer" / "diffusion_pytorch_model.safetensors",
+        model / "tokenizer" / "tokenizer_config.json",
+    ]
     assert "EasyAnimate V5.1 model folder" in str(error.value)
 
 
@@ -302,8 +379,11 @@ def test_pickle_only_transformer_folder_is_refused(tiny_root, tmp_path):
     model = copy_model(tiny_root, "tiny-EasyAnimateV5.1-12b-zh-InP", tmp_path)
     weights = model / "transformer" / "diffusion_pytorch_model.safetensors"
     weights.rename(weights.with_suffix(".bin"))
-    for call in (lambda: detect(model), lambda: weight_files(model / "transformer"),
-                 lambda: detect(weights.with_suffix(".bin"))):
+    for call in (
+        lambda: detect(model),
+        lambda: weight_files(model / "transformer"),
+        lambda: detect(weights.with_suffix(".bin")),
+    ):
         with pytest.raises(UnsafeCheckpointError, match="safetensors only") as error:
             call()
         assert "diffusion_pytorch_model.bin" in str(error.value) and "weights_only=True" in str(error.value)
@@ -316,8 +396,10 @@ def test_streaming_loader_refuses_pickle_files(tmp_path):
 
 def test_weight_files_follow_the_shard_index(tiny_root, tmp_path):
     folder = tiny_root / "tiny-EasyAnimateV5-7b-zh" / "text_encoder_2"
-    assert [p.name for p in weight_files(folder)] == ["model-00001-of-00002.safetensors",
-                                                      "model-00002-of-00002.safetensors"]
+    assert [p.name for p in weight_files(folder)] == [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ]
     copy = Path(shutil.copytree(folder, tmp_path / "text_encoder_2"))
     (copy / "model-00001-of-00002.safetensors").unlink()
     with pytest.raises(MissingFilesError) as error:
@@ -328,38 +410,57 @@ def test_weight_files_follow_the_shard_index(tiny_root, tmp_path):
 # --- key renames (docs/checkpoints.md, transformer keys) --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("original, diffusers", [
-    ("transformer_blocks.0.attn2.to_q.weight", "transformer_blocks.0.attn1.add_q_proj.weight"),
-    ("transformer_blocks.7.attn2.to_k.bias", "transformer_blocks.7.attn1.add_k_proj.bias"),
-    ("transformer_blocks.12.attn2.to_v.weight", "transformer_blocks.12.attn1.add_v_proj.weight"),
-    ("transformer_blocks.3.attn2.to_out.0.bias", "transformer_blocks.3.attn1.to_add_out.bias"),
-    ("transformer_blocks.47.attn2.norm_q.weight", "transformer_blocks.47.attn1.norm_added_q.weight"),
-    ("transformer_blocks.1.attn2.norm_k.bias", "transformer_blocks.1.attn1.norm_added_k.bias"),
-    ("model.transformer_blocks.1.attn2.norm_k.bias", "model.transformer_blocks.1.attn1.norm_added_k.bias"),
-])
+@pytest.mark.parametrize(
+    "original, diffusers",
+    [
+        ("transformer_blocks.0.attn2.to_q.weight", "transformer_blocks.0.attn1.add_q_proj.weight"),
+        ("transformer_blocks.7.attn2.to_k.bias", "transformer_blocks.7.attn1.add_k_proj.bias"),
+        ("transformer_blocks.12.attn2.to_v.weight", "transformer_blocks.12.attn1.add_v_proj.weight"),
+        ("transformer_blocks.3.attn2.to_out.0.bias", "transformer_blocks.3.attn1.to_add_out.bias"),
+        ("transformer_blocks.47.attn2.norm_q.weight", "transformer_blocks.47.attn1.norm_added_q.weight"),
+        ("transformer_blocks.1.attn2.norm_k.bias", "transformer_blocks.1.attn1.norm_added_k.bias"),
+        ("model.transformer_blocks.1.attn2.norm_k.bias", "model.transformer_blocks.1.attn1.norm_added_k.bias"),
+    ],
+)
 def test_text_attention_keys_rename_both_ways(original, diffusers):
     assert original_to_diffusers_key(original) == diffusers
     assert diffusers_to_original_key(diffusers) == original
 
 
-@pytest.mark.parametrize("key", ["transformer_blocks.0.attn1.to_q.weight", "transformer_blocks.0.attn1.to_out.0.weight",
-                                 "transformer_blocks.0.attn1.norm_q.weight", "transformer_blocks.0.txt_ff.net.2.bias",
-                                 "text_proj.0.weight", "text_proj_t5.weight", "norm_out.linear.weight", "proj.weight"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "transformer_blocks.0.attn1.to_q.weight",
+        "transformer_blocks.0.attn1.to_out.0.weight",
+        "transformer_blocks.0.attn1.norm_q.weight",
+        "transformer_blocks.0.txt_ff.net.2.bias",
+        "text_proj.0.weight",
+        "text_proj_t5.weight",
+        "norm_out.linear.weight",
+        "proj.weight",
+    ],
+)
 def test_other_keys_are_the_same_in_both_layouts(key):
     assert original_to_diffusers_key(key) == key and diffusers_to_original_key(key) == key
 
 
 def test_key_mapper_strips_the_prefix_and_converts_the_key_format(tiny_root, tmp_path):
     rename = key_mapper("diffusers", "model.diffusion_model.", target="original")
-    assert rename("model.diffusion_model.transformer_blocks.2.attn1.to_add_out.weight") == \
-        "transformer_blocks.2.attn2.to_out.0.weight"
+    assert (
+        rename("model.diffusion_model.transformer_blocks.2.attn1.to_add_out.weight")
+        == "transformer_blocks.2.attn2.to_out.0.weight"
+    )
     assert rename("model.diffusion_model.proj.weight") == "proj.weight"
     assert rename("first_stage_model.encoder.conv_in.weight") is None  # another model's tensor: skipped
     found = detect(tiny_root / "tiny-EasyAnimateV5.1-7b-zh-InP-diffusers.safetensors")
-    assert found.key_mapper("original")("transformer_blocks.0.attn1.add_q_proj.bias") == \
-        "transformer_blocks.0.attn2.to_q.bias"
-    assert found.key_mapper("diffusers")("transformer_blocks.0.attn1.add_q_proj.bias") == \
-        "transformer_blocks.0.attn1.add_q_proj.bias"
+    assert (
+        found.key_mapper("original")("transformer_blocks.0.attn1.add_q_proj.bias")
+        == "transformer_blocks.0.attn2.to_q.bias"
+    )
+    assert (
+        found.key_mapper("diffusers")("transformer_blocks.0.attn1.add_q_proj.bias")
+        == "transformer_blocks.0.attn1.add_q_proj.bias"
+    )
 
 
 def test_tiny_diffusers_folder_holds_the_original_tensors_under_renamed_keys(tiny_root):
@@ -390,9 +491,13 @@ class Toy(nn.Module):
 
 def toy_file(path: Path, **changes) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
-    tensors = {"proj.weight": torch.randn(3, 4, generator=generator), "proj.bias": torch.randn(3, generator=generator),
-               "norm.weight": 1 + torch.randn(3, generator=generator), "norm.bias": torch.randn(3, generator=generator),
-               "steps": torch.tensor([7, 9])}
+    tensors = {
+        "proj.weight": torch.randn(3, 4, generator=generator),
+        "proj.bias": torch.randn(3, generator=generator),
+        "norm.weight": 1 + torch.randn(3, generator=generator),
+        "norm.bias": torch.randn(3, generator=generator),
+        "steps": torch.tensor([7, 9]),
+    }
     tensors.update(changes)
     save_file({k: v for k, v in tensors.items() if v is not None}, str(path))
     return tensors
@@ -415,8 +520,16 @@ def test_streaming_loader_fills_a_meta_module_with_the_file_values(tmp_path):
 
 
 def test_streaming_loader_reports_every_missing_unexpected_and_misshaped_key_in_one_error(tmp_path):
-    toy_file(tmp_path / "bad.safetensors", **{"norm.bias": None, "steps": None, "proj.weight": torch.zeros(3, 5),
-                                               "extra.weight": torch.zeros(1), "proj_out.bias": torch.zeros(2)})
+    toy_file(
+        tmp_path / "bad.safetensors",
+        **{
+            "norm.bias": None,
+            "steps": None,
+            "proj.weight": torch.zeros(3, 5),
+            "extra.weight": torch.zeros(1),
+            "proj_out.bias": torch.zeros(2),
+        },
+    )
     with pytest.raises(CheckpointError) as error:
         load_state_streaming(meta_toy(), tmp_path / "bad.safetensors")
     message = str(error.value)
@@ -425,7 +538,10 @@ def test_streaming_loader_reports_every_missing_unexpected_and_misshaped_key_in_
     assert "2 unexpected" in message and "extra.weight" in message and "proj_out.bias" in message
     assert "1 wrongly shaped" in message and "proj.weight: file (3, 5), model expects (3, 4)" in message
     assert (sorted(error.value.missing), len(error.value.unexpected), len(error.value.mismatched)) == (
-        ["norm.bias", "steps"], 2, 1)
+        ["norm.bias", "steps"],
+        2,
+        1,
+    )
 
 
 def test_non_strict_loading_tolerates_unexpected_keys_but_never_leaves_meta_tensors(tmp_path):
@@ -442,10 +558,17 @@ def test_non_strict_loading_tolerates_unexpected_keys_but_never_leaves_meta_tens
 def test_streaming_loader_converts_to_the_storage_dtype(tmp_path, storage):
     tensors = toy_file(tmp_path / "toy.safetensors")
     model = meta_toy()
-    load_state_streaming(model, tmp_path / "toy.safetensors", dtype=storage,
-                         keep_dtype=lambda name: torch.float32 if name.startswith("norm.") else None)
-    assert (model.proj.weight.dtype, model.proj.bias.dtype, model.norm.weight.dtype) == (storage, storage,
-                                                                                          torch.float32)
+    load_state_streaming(
+        model,
+        tmp_path / "toy.safetensors",
+        dtype=storage,
+        keep_dtype=lambda name: torch.float32 if name.startswith("norm.") else None,
+    )
+    assert (model.proj.weight.dtype, model.proj.bias.dtype, model.norm.weight.dtype) == (
+        storage,
+        storage,
+        torch.float32,
+    )
     assert torch.equal(model.proj.weight.float(), tensors["proj.weight"].to(storage).float())
     assert torch.equal(model.norm.weight, tensors["norm.weight"])
 
@@ -456,11 +579,17 @@ def test_fp8_storage_computes_in_the_activation_dtype(tmp_path):
     tensors = toy_file(tmp_path / "toy.safetensors")
     with torch.device("meta"):
         layer = ops.Linear(4, 3)
-    load_state_streaming(layer, tmp_path / "toy.safetensors", dtype=torch.float8_e4m3fn,
-                         rename=lambda key: key.removeprefix("proj.") if key.startswith("proj.") else None)
+    load_state_streaming(
+        layer,
+        tmp_path / "toy.safetensors",
+        dtype=torch.float8_e4m3fn,
+        rename=lambda key: key.removeprefix("proj.") if key.startswith("proj.") else None,
+    )
     x = torch.randn(2, 4, generator=torch.Generator().manual_seed(1))
-    expected = x @ tensors["proj.weight"].to(torch.float8_e4m3fn).float().T + tensors["proj.bias"].to(
-        torch.float8_e4m3fn).float()
+    expected = (
+        x @ tensors["proj.weight"].to(torch.float8_e4m3fn).float().T
+        + tensors["proj.bias"].to(torch.float8_e4m3fn).float()
+    )
     assert layer.weight.dtype == torch.float8_e4m3fn
     assert (layer(x) - expected).abs().max() <= 1e-6 * expected.abs().max()
 
@@ -468,8 +597,9 @@ def test_fp8_storage_computes_in_the_activation_dtype(tmp_path):
 def test_streaming_loader_reports_progress_and_stops_on_interrupt(tmp_path):
     toy_file(tmp_path / "toy.safetensors")
     seen = []
-    load_state_streaming(meta_toy(), tmp_path / "toy.safetensors", progress=lambda done, total: seen.append(
-        (done, total)))
+    load_state_streaming(
+        meta_toy(), tmp_path / "toy.safetensors", progress=lambda done, total: seen.append((done, total))
+    )
     assert seen == [(i, 5) for i in range(1, 6)]
 
     class Stop(Exception):
@@ -493,24 +623,50 @@ def test_streaming_loader_reads_shards_and_renames_keys(tiny_root):
     folder = tiny_root / "tiny-EasyAnimateV5.1-12b-zh-Control"  # original keys into diffusers' module names
     config = json.loads((folder / "transformer" / "config.json").read_text())
     with torch.device("meta"):
-        model = EasyAnimateTransformer3DModel(**{k: config[k] for k in (
-            "num_attention_heads", "attention_head_dim", "in_channels", "out_channels", "patch_size", "num_layers",
-            "mmdit_layers", "time_embed_dim", "text_embed_dim", "text_embed_dim_t5", "add_norm_text_encoder")})
+        model = EasyAnimateTransformer3DModel(
+            **{
+                k: config[k]
+                for k in (
+                    "num_attention_heads",
+                    "attention_head_dim",
+                    "in_channels",
+                    "out_channels",
+                    "patch_size",
+                    "num_layers",
+                    "mmdit_layers",
+                    "time_embed_dim",
+                    "text_embed_dim",
+                    "text_embed_dim_t5",
+                    "add_norm_text_encoder",
+                )
+            }
+        )
     files = weight_files(folder / "transformer")
     report = load_state_streaming(model, files, dtype=torch.float32, rename=original_to_diffusers_key)
     assert len(report.loaded) == 97 and not any(p.is_meta for p in model.parameters())
     with safe_open(str(files[0]), framework="pt") as reader:
-        assert torch.equal(model.transformer_blocks[1].attn1.to_add_out.weight,
-                           reader.get_tensor("transformer_blocks.1.attn2.to_out.0.weight").float())
+        assert torch.equal(
+            model.transformer_blocks[1].attn1.to_add_out.weight,
+            reader.get_tensor("transformer_blocks.1.attn2.to_out.0.weight").float(),
+        )
 
 
 def test_a_7b_file_in_a_12b_model_is_refused_listing_every_missing_block_key(tiny_root):
     from diffusers import EasyAnimateTransformer3DModel
 
     with torch.device("meta"):
-        model = EasyAnimateTransformer3DModel(num_attention_heads=2, attention_head_dim=16, in_channels=33,
-                                              out_channels=16, patch_size=2, num_layers=4, mmdit_layers=4,
-                                              time_embed_dim=24, text_embed_dim=64, add_norm_text_encoder=True)
+        model = EasyAnimateTransformer3DModel(
+            num_attention_heads=2,
+            attention_head_dim=16,
+            in_channels=33,
+            out_channels=16,
+            patch_size=2,
+            num_layers=4,
+            mmdit_layers=4,
+            time_embed_dim=24,
+            text_embed_dim=64,
+            add_norm_text_encoder=True,
+        )
     file = tiny_root / "tiny-EasyAnimateV5.1-7b-zh-InP-diffusers.safetensors"
     with pytest.raises(CheckpointError) as error:
         load_state_streaming(model, file)
@@ -533,8 +689,12 @@ def test_v5_vae_attention_keys_are_unexpected_in_an_attention_free_vae(tiny_root
 
 
 def test_tiny_vae_has_mid_attention_in_v5_and_not_in_v51(tiny_root):
-    v5 = read_safetensors_header(tiny_root / "tiny-EasyAnimateV5-7b-zh-InP" / "vae" / "diffusion_pytorch_model.safetensors")
-    v51 = read_safetensors_header(tiny_root / "tiny-EasyAnimateV5.1-7b-zh" / "vae" / "diffusion_pytorch_model.safetensors")
+    v5 = read_safetensors_header(
+        tiny_root / "tiny-EasyAnimateV5-7b-zh-InP" / "vae" / "diffusion_pytorch_model.safetensors"
+    )
+    v51 = read_safetensors_header(
+        tiny_root / "tiny-EasyAnimateV5.1-7b-zh" / "vae" / "diffusion_pytorch_model.safetensors"
+    )
     attention = {k: v.shape for k, v in v5.items() if ".attentions." in k}
     assert len(v5) == 248 and len(v51) == 228 and set(v5) - set(attention) == set(v51)
     assert attention["decoder.mid_block.attentions.0.to_out.weight"] == (32, 32)

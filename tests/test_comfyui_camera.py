@@ -2,11 +2,9 @@
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from comfyui_server import PromptRejected
-
-from test_comfyui_video import FRAMES, HEIGHT, WIDTH, graph, read_video, run_ok, upload_picture
+from PIL import Image
+from test_comfyui_video import FRAMES, HEIGHT, WIDTH, graph, read_video, run_ok
 
 CAMERA_MODELS = ["tiny-EasyAnimateV5.1-12b-zh-Control-Camera", "tiny-EasyAnimateV5.1-7b-zh-Control-Camera"]
 

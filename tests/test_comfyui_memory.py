@@ -3,7 +3,6 @@ memory widgets are exposed in the agreed order; offload modes run end to end."""
 
 import psutil
 import pytest
-
 from test_comfyui_video import graph, run_ok
 
 MODEL = "tiny-EasyAnimateV5.1-12b-zh"

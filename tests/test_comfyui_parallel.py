@@ -22,8 +22,10 @@ def graph(devices=None, steps=3, width=80, height=48, frames=5, seed=4, prefix="
         "5": {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": prefix}},
     }  # fmt: skip
     if devices is not None:
-        prompt["6"] = {"class_type": "EasyAnimateParallelOptions",
-                       "inputs": {"devices": devices, "sequence_parallel": 0, "cfg_parallel": cfg_parallel}}
+        prompt["6"] = {
+            "class_type": "EasyAnimateParallelOptions",
+            "inputs": {"devices": devices, "sequence_parallel": 0, "cfg_parallel": cfg_parallel},
+        }
         sampler["parallel"] = ["6", 0]
     return prompt
 

@@ -9,7 +9,6 @@ import time
 
 import psutil
 import pytest
-
 from big_checkpoint import parameter_count, write_big_model
 from comfyui_server import ComfyServer, PromptRejected
 from conftest import PACK_FOLDER_NAME, REPO_ROOT
@@ -153,7 +152,9 @@ def test_five_settings_changes_hold_one_copy_and_free_returns_to_the_baseline(fr
     growth = (sampled.peak - baseline) / one_copy
     assert growth <= 1.3, f"peak {sampled.peak / 2**20:.0f} MiB, baseline {baseline / 2**20:.0f} MiB"
     after = _free_and_settle(server, baseline_limit=1.2 * baseline)
-    print(f"RSS: baseline {baseline / 2**20:.0f} MiB, peak over five settings {sampled.peak / 2**20:.0f} MiB "
-          f"({growth:.2f} x one fp32 copy of {one_copy / 2**20:.0f} MiB), after /free {after / 2**20:.0f} MiB "
-          f"({after / baseline:.2f} x baseline)")
+    print(
+        f"RSS: baseline {baseline / 2**20:.0f} MiB, peak over five settings {sampled.peak / 2**20:.0f} MiB "
+        f"({growth:.2f} x one fp32 copy of {one_copy / 2**20:.0f} MiB), after /free {after / 2**20:.0f} MiB "
+        f"({after / baseline:.2f} x baseline)"
+    )
     assert after <= 1.2 * baseline, f"after /free {after / 2**20:.0f} MiB, baseline {baseline / 2**20:.0f} MiB"

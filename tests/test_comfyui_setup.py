@@ -17,5 +17,7 @@ def test_an_exact_pin_of_another_version_is_installed():
 
 
 def test_comfyui_requirement_lines_never_name_torch_packages(tmp_path):
-    (tmp_path / "requirements.txt").write_text("torch\ntorchvision>=0.1\ntorchaudio\naiohttp>=3.11.8  # web\n\n#x\nav\n")
+    (tmp_path / "requirements.txt").write_text(
+        "torch\ntorchvision>=0.1\ntorchaudio\naiohttp>=3.11.8  # web\n\n#x\nav\n"
+    )
     assert requirement_lines(tmp_path)[:2] == ["aiohttp>=3.11.8", "av"]

@@ -2,9 +2,8 @@
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from comfyui_server import PromptRejected
+from PIL import Image
 
 WIDTH, HEIGHT, FRAMES = 96, 64, 5
 
@@ -140,7 +139,9 @@ def test_interrupt_during_sampling_then_the_next_prompt_succeeds(comfy_server):
     result = comfy_server.run(long_run, timeout=600, on_event=interrupt_on_first_step)
     assert interrupted and result.status == "interrupted"
     assert not result.files()
-    frames = read_video(comfy_server, run_ok(comfy_server, graph("tiny-EasyAnimateV5.1-12b-zh", seed=98, prefix="after")))
+    frames = read_video(
+        comfy_server, run_ok(comfy_server, graph("tiny-EasyAnimateV5.1-12b-zh", seed=98, prefix="after"))
+    )
     assert frames.shape[0] == FRAMES
 
 
@@ -168,5 +169,6 @@ def test_a_control_clip_of_7_frames_gives_a_5_frame_video_and_the_sampler_says_s
     )  # fmt: skip
     frames = read_video(comfy_server, run_ok(comfy_server, prompt))
     assert frames.shape == (5, HEIGHT, WIDTH, 3)
-    assert ("control_video has 7 frames: generating 5 frames (the largest 4k+1 that fits) from its first 5; "
-            "frames was 9") in comfy_server.log()
+    assert (
+        "control_video has 7 frames: generating 5 frames (the largest 4k+1 that fits) from its first 5; frames was 9"
+    ) in comfy_server.log()

@@ -250,7 +250,9 @@ def test_search_dirs_add_an_installed_comfyui_controlnet_aux_after_our_annotator
     (aux_pack / "config.yaml").write_text("# comment\nannotator_ckpts_path: ./my_ckpts\nUSE_SYMLINKS: False\n")
     (tmp_path / "custom_nodes" / "SomeOtherPack").mkdir()
     assert annotator_search_dirs([annotators], comfy_root=tmp_path) == [
-        annotators, aux_pack / "my_ckpts", aux_pack / "ckpts"
+        annotators,
+        aux_pack / "my_ckpts",
+        aux_pack / "ckpts",
     ]
     assert annotator_search_dirs([annotators], comfy_root=None) == [annotators]
 
@@ -484,8 +486,13 @@ def test_node_reads_weights_from_the_annotators_model_folder(node_module, pack, 
 def test_node_max_frames_processes_and_counts_only_the_first_frames(node_module, monkeypatch):
     images = as_image(make_video())
     steps = []
-    monkeypatch.setattr(node_module, "Progress", lambda total: type("P", (), {
-        "callback": staticmethod(lambda done, total_now, preview=None: steps.append((done, total_now)))})())
+    monkeypatch.setattr(
+        node_module,
+        "Progress",
+        lambda total: type(
+            "P", (), {"callback": staticmethod(lambda done, total_now, preview=None: steps.append((done, total_now)))}
+        )(),
+    )
     (out,) = node_module.EasyAnimateControlPreprocessor().execute(**_node_kwargs(images, "canny"), max_frames=2)
     assert torch.equal(out, preprocess(images[:2], "canny", low_threshold=100, high_threshold=200))
     assert steps[-1] == (2, 2)

@@ -14,13 +14,17 @@ def test_largest_video_length_is_the_largest_4k_plus_1_not_above(frames, expecte
 def test_a_30_frame_clip_gives_29_frames_and_says_so():
     frames, notes = fit_clip_length(49, {"control_video": 30})
     assert frames == 29
-    assert notes == ["control_video has 30 frames: generating 29 frames (the largest 4k+1 that fits) from its first "
-                     "29; frames was 49"]
+    assert notes == [
+        "control_video has 30 frames: generating 29 frames (the largest 4k+1 that fits) from its first "
+        "29; frames was 49"
+    ]
 
 
 def test_a_longer_clip_is_cut_to_the_frames_widget_and_says_so():
     assert fit_clip_length(49, {"input_video": 120}) == (
-        49, ["input_video has 120 frames: using its first 49 (the frames widget)"])
+        49,
+        ["input_video has 120 frames: using its first 49 (the frames widget)"],
+    )
 
 
 def test_a_clip_of_exactly_the_requested_length_needs_no_note():

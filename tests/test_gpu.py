@@ -63,8 +63,14 @@ def _rss() -> int:
 
 
 def _full_width_model(blocks: int) -> EasyAnimateTransformer:
-    params = TransformerParams(in_channels=16, num_layers=blocks, mmdit_layers=blocks, text_embed_dim=3584,
-                               text_embed_dim_t5=None, add_norm_text_encoder=True)  # 48 heads x 64 = 3072 wide
+    params = TransformerParams(
+        in_channels=16,
+        num_layers=blocks,
+        mmdit_layers=blocks,
+        text_embed_dim=3584,
+        text_embed_dim_t5=None,
+        add_norm_text_encoder=True,
+    )  # 48 heads x 64 = 3072 wide
     torch.manual_seed(0)
     with torch.device("meta"):
         model = EasyAnimateTransformer(params)

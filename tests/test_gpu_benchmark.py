@@ -12,7 +12,7 @@ MODES = ("gpu_bf16", "gpu_fp8", "fp8_scaled_mm", "model_cpu_offload", "sequentia
 
 
 def _results(stdout: str) -> dict[str, float]:
-    pairs = (line[len("RESULT "):].split("=", 1) for line in stdout.splitlines() if line.startswith("RESULT "))
+    pairs = (line[len("RESULT ") :].split("=", 1) for line in stdout.splitlines() if line.startswith("RESULT "))
     return {name: float(value) for name, value in pairs}
 
 

@@ -21,8 +21,11 @@ def distinct_tensors(module: nn.Module) -> int:
     """Parameters and persistent buffers, a tied tensor counted once."""
     seen = {id(p) for p in module.parameters()}
     for owner in module.modules():
-        seen |= {id(b) for name, b in owner._buffers.items() if b is not None
-                 and name not in owner._non_persistent_buffers_set}
+        seen |= {
+            id(b)
+            for name, b in owner._buffers.items()
+            if b is not None and name not in owner._non_persistent_buffers_set
+        }
     return len(seen)
 
 
@@ -69,9 +72,15 @@ def test_tied_t5_embedding_is_read_once_and_stays_one_tensor(tiny_root):
     assert not t5.shared.weight.is_meta
 
 
-@pytest.mark.parametrize("layer", [
-    lambda: ops.Linear(4, 3), lambda: ops.LayerNorm(4), lambda: ops.RMSNorm(4), lambda: ops.GroupNorm(2, 4),
-])
+@pytest.mark.parametrize(
+    "layer",
+    [
+        lambda: ops.Linear(4, 3),
+        lambda: ops.LayerNorm(4),
+        lambda: ops.RMSNorm(4),
+        lambda: ops.GroupNorm(2, 4),
+    ],
+)
 def test_a_layer_whose_weight_is_on_another_device_fails_instead_of_copying_it(layer):
     module = layer().to("meta")  # stands for "left on the host while the input is on the GPU"
     with pytest.raises(ops.MisplacedWeightError, match="weight is on meta but the layer's input is on cpu"):
@@ -94,12 +103,16 @@ def test_a_host_weight_never_becomes_a_per_call_copy_to_the_gpu():
         layer(torch.randn(2, 4, device="cuda"))
 
 
-@pytest.mark.parametrize("name,stream_name,fp8_layer", [
-    (V51, "qwen", lambda m: m.layers[0].self_attn.q_proj),
-    (V5, "t5", lambda m: m.encoder.block[0].layer[0].SelfAttention.q),
-])
-def test_text_encoder_fp8_storage_comes_from_the_ops_linear_without_patching_nn_module(tiny_root, reads, monkeypatch,
-                                                                                         name, stream_name, fp8_layer):
+@pytest.mark.parametrize(
+    "name,stream_name,fp8_layer",
+    [
+        (V51, "qwen", lambda m: m.layers[0].self_attn.q_proj),
+        (V5, "t5", lambda m: m.encoder.block[0].layer[0].SelfAttention.q),
+    ],
+)
+def test_text_encoder_fp8_storage_comes_from_the_ops_linear_without_patching_nn_module(
+    tiny_root, reads, monkeypatch, name, stream_name, fp8_layer
+):
     original = nn.Module.register_parameter
     during_load = []
     real_read, real_linear_init = stream._read_tensor, nn.Linear.__init__
@@ -123,8 +136,10 @@ def test_text_encoder_fp8_storage_comes_from_the_ops_linear_without_patching_nn_
     assert type(layer) is ops.cast.Linear and layer.weight.dtype == torch.float8_e4m3fn
     plain = [m for m in model.modules() if type(m) is nn.Linear]
     assert all(m.weight.dtype == torch.bfloat16 for m in plain)  # e.g. T5's `wo`, kept in the compute dtype
-    assert not any(isinstance(m, nn.Linear) and m.weight.dtype == torch.float8_e4m3fn and type(m) is nn.Linear
-                   for m in model.modules())
+    assert not any(
+        isinstance(m, nn.Linear) and m.weight.dtype == torch.float8_e4m3fn and type(m) is nn.Linear
+        for m in model.modules()
+    )
     assert encoder.encode("a cat").positive[0].isfinite().all()
 
 

@@ -4,8 +4,15 @@ import pytest
 import torch
 
 from models.memory import (
-    GIB, NotEnoughMemoryError, check_ram, full_size_model_bytes, full_size_transformer, module_weight_bytes,
-    plan_memory, transformer_weight_bytes, vae_weight_bytes,
+    GIB,
+    NotEnoughMemoryError,
+    check_ram,
+    full_size_model_bytes,
+    full_size_transformer,
+    module_weight_bytes,
+    plan_memory,
+    transformer_weight_bytes,
+    vae_weight_bytes,
 )  # fmt: skip
 from models.quant import allocated_bytes, load_transformer_fp8
 from models.transformer import load_transformer

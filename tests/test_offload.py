@@ -115,7 +115,9 @@ def test_arena_packs_tensors_into_power_of_two_chunks_and_keeps_values():
     for original, copy in zip(tensors, placed):
         assert copy.dtype == original.dtype and copy.shape == original.shape
         assert torch.equal(copy.view(torch.uint8), original.view(torch.uint8))  # bit-exact, fp8 included
-        base = next(c.data_ptr() for c, _ in arena.chunks if c.untyped_storage().data_ptr() == copy.untyped_storage().data_ptr())
+        base = next(
+            c.data_ptr() for c, _ in arena.chunks if c.untyped_storage().data_ptr() == copy.untyped_storage().data_ptr()
+        )
         assert (copy.data_ptr() - base) % PinnedArena.ALIGN == 0
     assert all(size & (size - 1) == 0 for size in sizes)  # nothing for the pinned allocator to round up
     weights = sum(t.numel() * t.element_size() for t in tensors)

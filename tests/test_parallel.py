@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from parallel_cases import CASES, LAYOUTS, run_case
 
 REL_TOL = 1e-5
@@ -80,7 +79,6 @@ def test_command_line_under_torchrun_equals_one_process_and_rank0_writes_the_vid
     """tools/generate.py: InP from an image file, CFG parallel on 2 ranks vs the same command as one process."""
     import numpy as np
     from PIL import Image
-
     from tiny_checkpoints import ensure_tiny_checkpoints
 
     sys.path.insert(0, str(HERE.parent / "tools"))

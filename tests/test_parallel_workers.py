@@ -5,12 +5,12 @@ import signal
 
 import pytest
 import torch
+from parallel_cases import text_embeds
+from tiny_checkpoints import ensure_tiny_checkpoints
 
 from models import pipeline
 from models.components import open_model
 from models.parallel_workers import ParallelModel, WorkerError, parse_devices
-from parallel_cases import text_embeds
-from tiny_checkpoints import ensure_tiny_checkpoints
 
 MODEL = "tiny-EasyAnimateV5.1-12b-zh"
 
@@ -74,8 +74,15 @@ def test_interrupt_stops_every_worker_mid_call_and_the_pool_stays_usable(model, 
     assert _generate(parallel.transformer(), model, steps=1).isfinite().all()
 
 
-@pytest.mark.parametrize("text,needle", [("cuda:0", "at least two"), ("cpu, gpu9", "not a device"),
-                                         ("cuda:0, cpu", "CUDA"), ("cuda:7, cuda:8", "present CUDA device")])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("cuda:0", "at least two"),
+        ("cpu, gpu9", "not a device"),
+        ("cuda:0, cpu", "CUDA"),
+        ("cuda:7, cuda:8", "present CUDA device"),
+    ],
+)
 def test_device_lists_are_checked_with_a_clear_message(text, needle):
     with pytest.raises(ValueError, match=needle):
         parse_devices(text)

@@ -4,7 +4,12 @@ import pytest
 import torch
 
 from models.quant import (
-    allocated_bytes, dequantize, fp8_matmul_supported, is_precision_sensitive, load_transformer_fp8, quantize_scaled,
+    allocated_bytes,
+    dequantize,
+    fp8_matmul_supported,
+    is_precision_sensitive,
+    load_transformer_fp8,
+    quantize_scaled,
 )  # fmt: skip
 from models.transformer import load_transformer
 
@@ -15,7 +20,9 @@ MODELS = ["tiny-EasyAnimateV5.1-12b-zh", "tiny-EasyAnimateV5-7b-zh-InP", "tiny-E
 @pytest.mark.parametrize("fp8", [torch.float8_e4m3fn, torch.float8_e5m2], ids=["e4m3fn", "e5m2"])
 def test_reference_exact_fp8_holds_half_the_bf16_bytes(tiny_root, name, fp8):
     bf16 = allocated_bytes(load_transformer(tiny_root / name, dtype=torch.bfloat16))
-    quantized = load_transformer_fp8(tiny_root / name, dtype=torch.bfloat16, storage_dtype=fp8, fp8_mode="reference exact")
+    quantized = load_transformer_fp8(
+        tiny_root / name, dtype=torch.bfloat16, storage_dtype=fp8, fp8_mode="reference exact"
+    )
     ratio = allocated_bytes(quantized) / bf16
     assert abs(ratio - 0.50) <= 0.01 * 0.50
     assert {t.dtype for t in quantized.state_dict().values()} == {fp8}  # every tensor, norms and biases included

@@ -26,11 +26,16 @@ def test_sampler_widget_defaults_are_the_registry_values(pack):
                 "scheduler": defaults.AUTO_SCHEDULER, "teacache_threshold": defaults.DEFAULT_TEACACHE_THRESHOLD}  # fmt: skip
     assert shown == registry == REFERENCE_DEFAULTS
     assert tuple(required["scheduler"][0]) == defaults.SCHEDULER_CHOICES
-    assert set(defaults.SCHEDULER_CHOICES[1:]) == {s for v in defaults.VERSIONS for s in defaults.SCHEDULERS_BY_VERSION[v]}
+    assert set(defaults.SCHEDULER_CHOICES[1:]) == {
+        s for v in defaults.VERSIONS for s in defaults.SCHEDULERS_BY_VERSION[v]
+    }
     for version in defaults.VERSIONS:  # every released variant's own default is in its family
         variant = variants.find_variant(version, "12b", "t2v")
         assert variant.default_scheduler in defaults.SCHEDULERS_BY_VERSION[version]
-        assert (variant.default_steps, variant.default_guidance) == (REFERENCE_DEFAULTS["steps"], REFERENCE_DEFAULTS["cfg"])
+        assert (variant.default_steps, variant.default_guidance) == (
+            REFERENCE_DEFAULTS["steps"],
+            REFERENCE_DEFAULTS["cfg"],
+        )
 
 
 def test_loader_and_vae_widgets_come_from_the_registry(pack):
@@ -40,9 +45,14 @@ def test_loader_and_vae_widgets_come_from_the_registry(pack):
     assert tuple(required["weight_storage"][0]) == defaults.WEIGHT_STORAGES
     assert required["weight_storage"][1]["default"] == "same as precision"
     assert (tuple(optional["memory_mode"][0]), optional["memory_mode"][1]["default"]) == (
-        defaults.MEMORY_MODE_CHOICES, "auto")
+        defaults.MEMORY_MODE_CHOICES,
+        "auto",
+    )
     assert (tuple(optional["fp8_mode"][0]), optional["fp8_mode"][1]["default"]) == (defaults.FP8_MODES, "quality")
-    assert (tuple(optional["attention"][0]), optional["attention"][1]["default"]) == (defaults.ATTENTION_CHOICES, "auto")
+    assert (tuple(optional["attention"][0]), optional["attention"][1]["default"]) == (
+        defaults.ATTENTION_CHOICES,
+        "auto",
+    )
     assert pack.nodes.vae.FPS == defaults.DEFAULT_FPS == 8
 
 

@@ -19,6 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))  # tools/tiny_text.py
 
 import tiny_text  # noqa: E402
+
 from models import text  # noqa: E402
 
 SEED = 7
@@ -70,14 +71,22 @@ def diffusers_v51(v51_dir):
     from transformers import Qwen2Tokenizer, Qwen2VLForConditionalGeneration
 
     tokenizer = Qwen2Tokenizer.from_pretrained(str(v51_dir / "tokenizer"))
-    text_encoder = Qwen2VLForConditionalGeneration.from_pretrained(str(v51_dir / "text_encoder"),
-                                                                   dtype=torch.float32).eval()
-    pipeline = EasyAnimatePipeline(vae=None, text_encoder=text_encoder, tokenizer=tokenizer, transformer=None,
-                                   scheduler=None)
+    text_encoder = Qwen2VLForConditionalGeneration.from_pretrained(
+        str(v51_dir / "text_encoder"), dtype=torch.float32
+    ).eval()
+    pipeline = EasyAnimatePipeline(
+        vae=None, text_encoder=text_encoder, tokenizer=tokenizer, transformer=None, scheduler=None
+    )
     positive, negative, positive_mask, negative_mask = pipeline.encode_prompt(
-        PROMPTS, negative_prompt=NEGATIVES, device=torch.device("cpu"), dtype=torch.float32)
-    return {"positive": positive, "negative": negative, "positive_mask": positive_mask,
-            "negative_mask": negative_mask, "text_encoder": text_encoder}
+        PROMPTS, negative_prompt=NEGATIVES, device=torch.device("cpu"), dtype=torch.float32
+    )
+    return {
+        "positive": positive,
+        "negative": negative,
+        "positive_mask": positive_mask,
+        "negative_mask": negative_mask,
+        "text_encoder": text_encoder,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -139,14 +148,22 @@ def test_v51_reference_pad_positions_follow_the_transformers_4_rule(v51_dir, v51
     from transformers import Qwen2Tokenizer
 
     tokenizer = Qwen2Tokenizer.from_pretrained(str(v51_dir / "tokenizer"))
-    chats = [tokenizer.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": p}]}],
-                                           tokenize=False, add_generation_prompt=True) for p in PROMPTS]
-    tokens = tokenizer(chats, padding="max_length", max_length=256, truncation=True, padding_side="right",
-                       return_tensors="pt")
+    chats = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": [{"type": "text", "text": p}]}], tokenize=False, add_generation_prompt=True
+        )
+        for p in PROMPTS
+    ]
+    tokens = tokenizer(
+        chats, padding="max_length", max_length=256, truncation=True, padding_side="right", return_tensors="pt"
+    )
     with torch.no_grad():
         expected = diffusers_v51["text_encoder"](
-            input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
-            position_ids=positions.unsqueeze(0).expand(3, -1, -1), output_hidden_states=True).hidden_states[-2]
+            input_ids=tokens.input_ids,
+            attention_mask=tokens.attention_mask,
+            position_ids=positions.unsqueeze(0).expand(3, -1, -1),
+            output_hidden_states=True,
+        ).hidden_states[-2]
     assert max_abs(embeddings.positive[0] - expected) <= 1e-6 * max_abs(expected)
     sequential = text.load_text_encoder(v51_dir, "v5.1", dtype=torch.float32, qwen_pad_positions="sequential")
     pad_delta = (embeddings.positive[0] - sequential.encode(PROMPTS, NEGATIVES).positive[0])[~mask.bool()]
@@ -178,8 +195,12 @@ def test_v51_loading_never_reads_vision_tower_lm_head_or_last_layer(v51_dir, mon
     assert len(on_disk_visual) == 19  # the vision tower is really there, sharing shard 1 with the text model
     assert {weight_map[k] for k in on_disk_visual} == {weight_map["model.embed_tokens.weight"]}
     last = tiny_text.QWEN_LAYERS - 1
-    expected = {k for k in weight_map if k == "model.embed_tokens.weight"
-                or (k.startswith("model.layers.") and not k.startswith(f"model.layers.{last}."))}
+    expected = {
+        k
+        for k in weight_map
+        if k == "model.embed_tokens.weight"
+        or (k.startswith("model.layers.") and not k.startswith(f"model.layers.{last}."))
+    }
     assert sorted(read_keys) == sorted(expected)  # each needed tensor read once, nothing else
     assert not [k for k in read_keys if k.startswith(("visual.", "lm_head.", "model.norm."))]
 
@@ -220,15 +241,16 @@ def v5_reference(v5_dir: Path, prompts: list[str]) -> tuple[torch.Tensor, torch.
 
     outputs = []
     for tokenizer_class, model_class, tokenizer_dir, encoder_dir, max_length in (
-            (BertTokenizer, BertModel, "tokenizer", "text_encoder", 77),
-            (T5Tokenizer, T5EncoderModel, "tokenizer_2", "text_encoder_2", 256)):
+        (BertTokenizer, BertModel, "tokenizer", "text_encoder", 77),
+        (T5Tokenizer, T5EncoderModel, "tokenizer_2", "text_encoder_2", 256),
+    ):
         tokenizer = tokenizer_class.from_pretrained(str(v5_dir / tokenizer_dir))
         # eager: what the original ran (transformers 4.x); transformers 5 would pick SDPA for T5
-        model = model_class.from_pretrained(str(v5_dir / encoder_dir), dtype=torch.float32,
-                                            attn_implementation="eager").eval()
+        model = model_class.from_pretrained(
+            str(v5_dir / encoder_dir), dtype=torch.float32, attn_implementation="eager"
+        ).eval()
         assert min(tokenizer.model_max_length, 256) == max_length
-        tokens = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True,
-                           return_tensors="pt")
+        tokens = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
         with torch.no_grad():
             outputs.append(model(input_ids=tokens.input_ids)[0])
     return outputs[0], outputs[1]
@@ -407,19 +429,32 @@ def test_tiny_folders_have_the_released_layout_and_load_with_auto_classes(v5_dir
     from transformers import AutoTokenizer
 
     assert sorted(p.name for p in (v5_dir / "text_encoder_2").iterdir()) == [
-        "config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
-        "model.safetensors.index.json"]
-    for name in ("chat_template.json", "generation_config.json", "preprocessor_config.json",
-                 "model.safetensors.index.json", "tokenizer.json", "vocab.json", "merges.txt"):
+        "config.json",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json",
+    ]
+    for name in (
+        "chat_template.json",
+        "generation_config.json",
+        "preprocessor_config.json",
+        "model.safetensors.index.json",
+        "tokenizer.json",
+        "vocab.json",
+        "merges.txt",
+    ):
         assert (v51_dir / "text_encoder" / name).is_file(), name
     assert AutoTokenizer.from_pretrained(str(v5_dir / "tokenizer")).model_max_length == 77
     assert AutoTokenizer.from_pretrained(str(v5_dir / "tokenizer_2")).tokenize("一只猫")  # sentencepiece, Chinese
     qwen = AutoTokenizer.from_pretrained(str(v51_dir / "tokenizer"))
     assert qwen.pad_token == "<|endoftext|>"
-    chat = qwen.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": "hi"}]}], tokenize=False,
-                                    add_generation_prompt=True)
-    assert chat == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
-                    "<|im_start|>assistant\n")
+    chat = qwen.apply_chat_template(
+        [{"role": "user", "content": [{"type": "text", "text": "hi"}]}], tokenize=False, add_generation_prompt=True
+    )
+    assert chat == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -445,8 +480,14 @@ def t5_encoder_by_formula(encoder_dir: Path, input_ids: torch.Tensor) -> torch.T
     distance = torch.arange(length)[None, :] - torch.arange(length)[:, None]  # key position - query position
     half = config["relative_attention_num_buckets"] // 2
     exact = half // 2
-    far = exact + (torch.log(distance.abs().float().clamp(min=1) / exact)
-                   / math.log(config["relative_attention_max_distance"] / exact) * (half - exact)).long()
+    far = (
+        exact
+        + (
+            torch.log(distance.abs().float().clamp(min=1) / exact)
+            / math.log(config["relative_attention_max_distance"] / exact)
+            * (half - exact)
+        ).long()
+    )
     bucket = (distance > 0).long() * half + torch.where(distance.abs() < exact, distance.abs(), far.clamp(max=half - 1))
     table = weights["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"]  # [buckets, heads]
     bias = table[bucket].permute(2, 0, 1)  # [heads, query, key]
@@ -455,15 +496,22 @@ def t5_encoder_by_formula(encoder_dir: Path, input_ids: torch.Tensor) -> torch.T
     for block in range(config["num_layers"]):
         prefix = f"encoder.block.{block}.layer."
         x = rms_norm(hidden, weights[prefix + "0.layer_norm.weight"])
-        q, k, v = (torch.einsum("bld,ed->ble", x, weights[f"{prefix}0.SelfAttention.{n}.weight"])
-                   .unflatten(-1, (heads, d_kv)).transpose(1, 2) for n in "qkv")
+        q, k, v = (
+            torch.einsum("bld,ed->ble", x, weights[f"{prefix}0.SelfAttention.{n}.weight"])
+            .unflatten(-1, (heads, d_kv))
+            .transpose(1, 2)
+            for n in "qkv"
+        )
         attention = torch.softmax(q @ k.transpose(-1, -2) + bias, dim=-1)  # no 1/sqrt(d) in T5
         mixed = (attention @ v).transpose(1, 2).flatten(2)
         hidden = hidden + mixed @ weights[prefix + "0.SelfAttention.o.weight"].T
         x = rms_norm(hidden, weights[prefix + "1.layer_norm.weight"])
         gate = torch.nn.functional.gelu(x @ weights[prefix + "1.DenseReluDense.wi_0.weight"].T, approximate="tanh")
-        hidden = hidden + (gate * (x @ weights[prefix + "1.DenseReluDense.wi_1.weight"].T)) @ \
-            weights[prefix + "1.DenseReluDense.wo.weight"].T
+        hidden = (
+            hidden
+            + (gate * (x @ weights[prefix + "1.DenseReluDense.wi_1.weight"].T))
+            @ weights[prefix + "1.DenseReluDense.wo.weight"].T
+        )
     return rms_norm(hidden, weights["encoder.final_layer_norm.weight"])
 
 

@@ -11,13 +11,19 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from tiny_checkpoints import (KINDS_BY_VERSION, TINY_VAE, tiny_transformer_config, tiny_vae_config,
-                              transformer_tensors, vae_tensors)
+from tiny_checkpoints import (
+    KINDS_BY_VERSION,
+    TINY_VAE,
+    tiny_transformer_config,
+    tiny_vae_config,
+    transformer_tensors,
+    vae_tensors,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = [(version, size, kind) for version, kinds in KINDS_BY_VERSION.items() for size in ("12b", "7b")
-            for kind in kinds]
+VARIANTS = [
+    (version, size, kind) for version, kinds in KINDS_BY_VERSION.items() for size in ("12b", "7b") for kind in kinds
+]
 
 
 def shapes(tensors: dict) -> dict:
@@ -71,8 +77,12 @@ def test_generator_never_imports_diffusers(tmp_path):
         "assert 'diffusers' not in sys.modules or not hasattr(sys.modules['diffusers'], '__version__')\n"
     )
     out = tmp_path / "model"
-    done = subprocess.run([sys.executable, "-c", script, str(blocker), str(REPO_ROOT / "tools"), str(out)],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(blocker), str(REPO_ROOT / "tools"), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert (out / "transformer" / "diffusion_pytorch_model.safetensors").stat().st_size > 0
     assert (out / "vae" / "diffusion_pytorch_model.safetensors").stat().st_size > 0

@@ -30,16 +30,30 @@ TEXT_STYLES = {
     "v5": dict(text_embed_dim=32, text_embed_dim_t5=48, add_norm_text_encoder=False),  # Bert 32 + mT5 48
     "v5.1": dict(text_embed_dim=64, text_embed_dim_t5=None, add_norm_text_encoder=True),  # Qwen2-VL 64
 }
-IN_CHANNELS = {("v5", "t2v"): 16, ("v5", "inp"): 33, ("v5", "control"): 32,
-               ("v5.1", "t2v"): 16, ("v5.1", "inp"): 33, ("v5.1", "control"): 48}
+IN_CHANNELS = {
+    ("v5", "t2v"): 16,
+    ("v5", "inp"): 33,
+    ("v5", "control"): 32,
+    ("v5.1", "t2v"): 16,
+    ("v5.1", "inp"): 33,
+    ("v5.1", "control"): 48,
+}
 LATENT_SIZES = [(8, 12), (12, 8), (10, 18)]  # (H, W): 480x720-proportioned, portrait, 5x9 patch grid
 LATENT_FRAMES = [1, 2, 5]
 
 
 def config(style: str, in_channels: int, num_layers: int = 2, mmdit_layers: int = 2) -> dict:
-    return dict(in_channels=in_channels, num_layers=num_layers, mmdit_layers=mmdit_layers, out_channels=16,
-                num_attention_heads=HEADS, attention_head_dim=HEAD_DIM, time_embed_dim=TIME_DIM, patch_size=2,
-                **TEXT_STYLES[style])
+    return dict(
+        in_channels=in_channels,
+        num_layers=num_layers,
+        mmdit_layers=mmdit_layers,
+        out_channels=16,
+        num_attention_heads=HEADS,
+        attention_head_dim=HEAD_DIM,
+        time_embed_dim=TIME_DIM,
+        patch_size=2,
+        **TEXT_STYLES[style],
+    )
 
 
 def original_rope_tables(frames: int, grid_h: int, grid_w: int, head_dim: int = HEAD_DIM):
@@ -51,16 +65,24 @@ def original_rope_tables(frames: int, grid_h: int, grid_w: int, head_dim: int = 
     else:
         rows, cols = round(ref_w / grid_w * grid_h), ref_w
     top, left = round((ref_h - rows) / 2), round((ref_w - cols) / 2)
-    axes = [(np.linspace(0, frames, frames, endpoint=False, dtype=np.float32), head_dim // 4),
-            (np.linspace(top, top + rows, grid_h, endpoint=False, dtype=np.float32), head_dim // 8 * 3),
-            (np.linspace(left, left + cols, grid_w, endpoint=False, dtype=np.float32), head_dim // 8 * 3)]
+    axes = [
+        (np.linspace(0, frames, frames, endpoint=False, dtype=np.float32), head_dim // 4),
+        (np.linspace(top, top + rows, grid_h, endpoint=False, dtype=np.float32), head_dim // 8 * 3),
+        (np.linspace(left, left + cols, grid_w, endpoint=False, dtype=np.float32), head_dim // 8 * 3),
+    ]
     tables = []
     for positions, width in axes:
         freqs = 1.0 / (10000.0 ** (torch.arange(0, width, 2, dtype=torch.float32) / width))
         tables.append(torch.outer(torch.from_numpy(positions), freqs).repeat_interleave(2, dim=1))
     t, h, w = tables
-    angles = torch.cat([t[:, None, None].expand(-1, grid_h, grid_w, -1), h[None, :, None].expand(frames, -1, grid_w, -1),
-                        w[None, None].expand(frames, grid_h, -1, -1)], dim=-1).flatten(0, 2)
+    angles = torch.cat(
+        [
+            t[:, None, None].expand(-1, grid_h, grid_w, -1),
+            h[None, :, None].expand(frames, -1, grid_w, -1),
+            w[None, None].expand(frames, grid_h, -1, -1),
+        ],
+        dim=-1,
+    ).flatten(0, 2)
     return angles.cos(), angles.sin()
 
 
@@ -138,9 +160,15 @@ def inputs(style: str, kind: str, frames: int, size: tuple[int, int], batch: int
 def run_diffusers(model, x: dict) -> torch.Tensor:
     control = [x[k] for k in ("control_latents", "ref_latents") if k in x]
     with torch.no_grad():
-        return model(x["latents"], x["timestep"], encoder_hidden_states=x["text"],
-                     encoder_hidden_states_t5=x.get("text_t5"), inpaint_latents=x.get("inpaint_latents"),
-                     control_latents=torch.cat(control, 1) if control else None, return_dict=False)[0]
+        return model(
+            x["latents"],
+            x["timestep"],
+            encoder_hidden_states=x["text"],
+            encoder_hidden_states_t5=x.get("text_t5"),
+            inpaint_latents=x.get("inpaint_latents"),
+            control_latents=torch.cat(control, 1) if control else None,
+            return_dict=False,
+        )[0]
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -207,8 +235,12 @@ def test_every_linear_conv_and_layernorm_comes_from_the_injected_ops():
 
     from models import ops
 
-    marked = SimpleNamespace(**{name: type(name, (getattr(ops.cast, name),), {})
-                                for name in ("Linear", "Conv2d", "Conv3d", "LayerNorm", "GroupNorm")})
+    marked = SimpleNamespace(
+        **{
+            name: type(name, (getattr(ops.cast, name),), {})
+            for name in ("Linear", "Conv2d", "Conv3d", "LayerNorm", "GroupNorm")
+        }
+    )
     model = EasyAnimateTransformer(TransformerParams.from_config(config("v5", 33, num_layers=4)), ops=marked)
     layers = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.LayerNorm))]
     # Linear: 2 MMDiT blocks x 14 + 2 shared blocks x 8 + 6 outside; LayerNorm: 2 x 6 + 2 x 4 + 2; Conv2d: proj
@@ -233,10 +265,16 @@ def test_timestep_is_rounded_to_the_latent_dtype_first():
 # --- RoPE ----------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("pixels,region", [
-    ((480, 720), ((0, 0), (30, 45))), ((384, 672), ((2, 0), (28, 45))), ((512, 512), ((0, 8), (30, 38))),
-    ((576, 1008), ((2, 0), (28, 45))), ((672, 384), ((0, 14), (30, 31))),
-])
+@pytest.mark.parametrize(
+    "pixels,region",
+    [
+        ((480, 720), ((0, 0), (30, 45))),
+        ((384, 672), ((2, 0), (28, 45))),
+        ((512, 512), ((0, 8), (30, 38))),
+        ((576, 1008), ((2, 0), (28, 45))),
+        ((672, 384), ((0, 14), (30, 31))),
+    ],
+)
 def test_rope_crop_region_matches_reference_examples(pixels, region):
     assert crop_region(pixels[0] // 16, pixels[1] // 16) == region
 
@@ -284,7 +322,12 @@ def hand_computed_block(sd: dict, x, c, temb, cos, sin, text_out_proj: bool):
     def modulate(prefix):
         sh, sc, g, esh, esc, eg = (e @ w(f"{prefix}.linear.weight").T + w(f"{prefix}.linear.bias")).chunk(6, dim=1)
         ln = lambda t: F.layer_norm(t, (t.shape[-1],), w(f"{prefix}.norm.weight"), w(f"{prefix}.norm.bias"), 1e-5)  # noqa: E731
-        return ln(x) * (1 + sc[:, None]) + sh[:, None], ln(c) * (1 + esc[:, None]) + esh[:, None], g[:, None], eg[:, None]
+        return (
+            ln(x) * (1 + sc[:, None]) + sh[:, None],
+            ln(c) * (1 + esc[:, None]) + esh[:, None],
+            g[:, None],
+            eg[:, None],
+        )
 
     def linear(t, name):
         return t @ w(f"{name}.weight").T + w(f"{name}.bias")
@@ -294,7 +337,11 @@ def hand_computed_block(sd: dict, x, c, temb, cos, sin, text_out_proj: bool):
     S = c.shape[1]
     heads = lambda t: t.unflatten(-1, (HEADS, HEAD_DIM)).transpose(1, 2)  # noqa: E731
     qkn = lambda t, n: F.layer_norm(t, (HEAD_DIM,), w(f"attn1.norm_{n}.weight"), w(f"attn1.norm_{n}.bias"), 1e-6)  # noqa: E731
-    q, k, v = qkn(heads(linear(seq, "attn1.to_q")), "q"), qkn(heads(linear(seq, "attn1.to_k")), "k"), heads(linear(seq, "attn1.to_v"))
+    q, k, v = (
+        qkn(heads(linear(seq, "attn1.to_q")), "q"),
+        qkn(heads(linear(seq, "attn1.to_k")), "k"),
+        heads(linear(seq, "attn1.to_v")),
+    )
 
     def rope(t):
         rot = torch.stack([-t[..., 1::2], t[..., 0::2]], -1).flatten(-2)
@@ -315,8 +362,14 @@ def test_non_mmdit_block_applies_shared_out_projection_to_text_tokens():
     from diffusers.models.transformers.transformer_easyanimate import EasyAnimateTransformerBlock
 
     torch.manual_seed(0)
-    theirs = EasyAnimateTransformerBlock(dim=32, num_attention_heads=HEADS, attention_head_dim=HEAD_DIM,
-                                         time_embed_dim=TIME_DIM, norm_eps=1e-5, is_mmdit_block=False).eval()
+    theirs = EasyAnimateTransformerBlock(
+        dim=32,
+        num_attention_heads=HEADS,
+        attention_head_dim=HEAD_DIM,
+        time_embed_dim=TIME_DIM,
+        norm_eps=1e-5,
+        is_mmdit_block=False,
+    ).eval()
     with torch.no_grad():
         for p in theirs.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -381,7 +434,10 @@ def test_original_key_names_and_shapes():
     assert shapes["transformer_blocks.0.norm1.linear.weight"] == (6 * 32, TIME_DIM)
     assert shapes["transformer_blocks.1.attn2.norm_k.weight"] == (HEAD_DIM,)
     assert shapes["transformer_blocks.1.txt_ff.net.0.proj.weight"] == (128, 32)
-    assert shapes["norm_out.linear.weight"] == (64, TIME_DIM) and shapes["time_embedding.linear_1.weight"] == (TIME_DIM, 32)
+    assert shapes["norm_out.linear.weight"] == (64, TIME_DIM) and shapes["time_embedding.linear_1.weight"] == (
+        TIME_DIM,
+        32,
+    )
     assert len(shapes) == 17 + 2 * 40
 
 

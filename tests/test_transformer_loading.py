@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from test_transformer import original_rope_tables, rel_err
+from tiny_checkpoints import TINY_MODELS, ensure_tiny_checkpoints
 
 from models.checkpoint import CheckpointError, UnsafeCheckpointError
 from models.transformer import EasyAnimateTransformer, TransformerParams, load_transformer
 from models.variants import VARIANTS, variant_for
-from test_transformer import original_rope_tables, rel_err
-from tiny_checkpoints import TINY_MODELS, ensure_tiny_checkpoints
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS = Path("transformer") / "diffusion_pytorch_model.safetensors"
@@ -41,7 +41,9 @@ def tiny_inputs(params: TransformerParams, dtype=torch.float32, frames: int = 2,
     g = torch.Generator().manual_seed(seed)
     latents = torch.randn(2, params.in_channels, frames, *size, generator=g).to(dtype)  # pre-concatenated
     text = torch.randn(2, 6, params.text_embed_dim, generator=g).to(dtype)
-    text_t5 = None if params.text_embed_dim_t5 is None else torch.randn(2, 5, params.text_embed_dim_t5, generator=g).to(dtype)
+    text_t5 = (
+        None if params.text_embed_dim_t5 is None else torch.randn(2, 5, params.text_embed_dim_t5, generator=g).to(dtype)
+    )
     return dict(latents=latents, timestep=torch.tensor([999.0, 250.0]), text=text, text_t5=text_t5)
 
 
@@ -57,8 +59,13 @@ def forward(model, x: dict) -> torch.Tensor:
 def test_original_diffusers_bare_and_single_file_forms_give_identical_outputs(tiny_root, size):
     name = f"tiny-EasyAnimateV5.1-{size}-zh-InP"
     single = {"12b": f"{name}.safetensors", "7b": f"{name}-diffusers.safetensors"}[size]
-    sources = [tiny_root / name, tiny_root / f"{name}-diffusers", tiny_root / name / "transformer",
-               tiny_root / f"{name}-diffusers" / "transformer", tiny_root / single]
+    sources = [
+        tiny_root / name,
+        tiny_root / f"{name}-diffusers",
+        tiny_root / name / "transformer",
+        tiny_root / f"{name}-diffusers" / "transformer",
+        tiny_root / single,
+    ]
     models = [load_transformer(s, dtype=torch.float32) for s in sources]
     x = tiny_inputs(models[0].params)
     outputs = [forward(m, x) for m in models]
@@ -71,12 +78,18 @@ def test_loaded_model_matches_diffusers_loading_the_diffusers_folder(tiny_root):
 
     ours = load_transformer(tiny_root / "tiny-EasyAnimateV5.1-12b-zh-InP", dtype=torch.float32)
     theirs = EasyAnimateTransformer3DModel.from_pretrained(
-        str(tiny_root / "tiny-EasyAnimateV5.1-12b-zh-InP-diffusers" / "transformer"), torch_dtype=torch.float32).eval()
+        str(tiny_root / "tiny-EasyAnimateV5.1-12b-zh-InP-diffusers" / "transformer"), torch_dtype=torch.float32
+    ).eval()
     theirs.rope_embedding.forward = lambda hs: original_rope_tables(hs.shape[2], hs.shape[3] // 2, hs.shape[4] // 2)
     x = tiny_inputs(ours.params)
     with torch.no_grad():
-        expected = theirs(x["latents"][:, :16], x["timestep"], encoder_hidden_states=x["text"],
-                          inpaint_latents=x["latents"][:, 16:], return_dict=False)[0]
+        expected = theirs(
+            x["latents"][:, :16],
+            x["timestep"],
+            encoder_hidden_states=x["text"],
+            inpaint_latents=x["latents"][:, 16:],
+            return_dict=False,
+        )[0]
     assert rel_err(forward(ours, x), expected) <= 1e-5
 
 
@@ -108,9 +121,13 @@ def test_absent_config_keys_take_the_released_values_not_class_defaults(tiny_roo
 # --- storage dtypes -------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("storage", [torch.float32, torch.bfloat16, torch.float16, torch.float8_e4m3fn, torch.float8_e5m2])
+@pytest.mark.parametrize(
+    "storage", [torch.float32, torch.bfloat16, torch.float16, torch.float8_e4m3fn, torch.float8_e5m2]
+)
 def test_weights_are_stored_in_the_storage_dtype(tiny_root, storage):
-    model = load_transformer(tiny_root / "tiny-EasyAnimateV5.1-7b-zh-Control", dtype=torch.bfloat16, storage_dtype=storage)
+    model = load_transformer(
+        tiny_root / "tiny-EasyAnimateV5.1-7b-zh-Control", dtype=torch.bfloat16, storage_dtype=storage
+    )
     assert {t.dtype for t in model.state_dict().values()} == {storage}
     assert model.compute_dtype == torch.bfloat16
     out = forward(model, tiny_inputs(model.params, dtype=torch.bfloat16))
@@ -254,7 +271,9 @@ def synthetic_checkpoint(tmp_path_factory) -> Path:
     config = VARIANTS["EasyAnimateV5.1-12b-zh"].transformer_config()
     config.update(num_attention_heads=16, num_layers=5, mmdit_layers=5)
     with torch.device("meta"):
-        shapes = {k: v.shape for k, v in EasyAnimateTransformer(TransformerParams.from_config(config)).state_dict().items()}
+        shapes = {
+            k: v.shape for k, v in EasyAnimateTransformer(TransformerParams.from_config(config)).state_dict().items()
+        }
     torch.manual_seed(0)
     tensors = {k: torch.empty(shape, dtype=torch.bfloat16).uniform_(-0.1, 0.1) for k, shape in shapes.items()}
     folder = tmp_path_factory.mktemp("synthetic") / "transformer"
@@ -266,8 +285,13 @@ def synthetic_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def fp8_load_figures(synthetic_checkpoint) -> dict:
-    result = subprocess.run([sys.executable, "-c", MEASURE, str(synthetic_checkpoint), str(REPO_ROOT)],
-                            capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(synthetic_checkpoint), str(REPO_ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -306,7 +330,11 @@ def test_inspect_model_reads_a_24gb_file_from_its_header_only(tmp_path):
         state = EasyAnimateTransformer(TransformerParams.from_config(config)).state_dict()
     header, offset = {}, 0
     for name, tensor in state.items():
-        header[name] = {"dtype": "BF16", "shape": list(tensor.shape), "data_offsets": [offset, offset + 2 * tensor.numel()]}
+        header[name] = {
+            "dtype": "BF16",
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + 2 * tensor.numel()],
+        }
         offset += 2 * tensor.numel()
     raw = json.dumps(header).encode()
     path = tmp_path / "EasyAnimateV5.1-12b-zh-Control.safetensors"
@@ -327,6 +355,11 @@ def test_inspect_model_reads_a_24gb_file_from_its_header_only(tmp_path):
 
 
 def test_inspect_model_reports_a_missing_path_with_exit_code_1(tmp_path):
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "inspect_model.py"), str(tmp_path / "nope")],
-                            capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "tools" / "inspect_model.py"), str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
+    )
     assert result.returncode == 1 and "does not exist" in result.stderr

@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from tiny_checkpoints import tiny_model_dir
 
 from models.checkpoint import CheckpointError, MissingFilesError, UnsafeCheckpointError
 from models.vae import (
@@ -29,7 +30,6 @@ from models.vae import (
     plan_tiles,
     tile_spans,
 )
-from tiny_checkpoints import tiny_model_dir
 
 TINY = dict(block_out_channels=(8, 16, 32, 32), norm_num_groups=4)
 SCALE = 0.7125
@@ -75,8 +75,9 @@ def diffusers_pair():
     from diffusers import AutoencoderKLMagvit
 
     torch.manual_seed(0)
-    reference = AutoencoderKLMagvit(block_out_channels=list(TINY["block_out_channels"]),
-                                    norm_num_groups=TINY["norm_num_groups"]).eval()
+    reference = AutoencoderKLMagvit(
+        block_out_channels=list(TINY["block_out_channels"]), norm_num_groups=TINY["norm_num_groups"]
+    ).eval()
     perturb_(reference, 0.1, seed=1)
     ours = tiny_vae(attention=False)
     ours.load_state_dict(reference.state_dict(), strict=True)
@@ -195,7 +196,7 @@ def v5_oracle_pair():
     for side in ("encoder", "decoder"):
         mid = getattr(reference, side).mid_block
         prefix = f"{side}.mid_block.attentions.0."
-        params = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        params = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         mid.convs[1] = _AttentionThenResnet(mid.convs[1], params)
     return ours, reference
 
@@ -264,7 +265,7 @@ def test_tile_spans_cover_the_length_with_at_least_the_requested_overlap():
 def test_tile_blend_weights_sum_to_one_everywhere():
     total = torch.zeros(13 * 8, 17 * 8)
     for tile in plan_tiles(13, 17, tile_latent=6, overlap_latent=2, out_scale=8):
-        total[tile.y0 * 8:tile.y1 * 8, tile.x0 * 8:tile.x1 * 8] += tile.weight
+        total[tile.y0 * 8 : tile.y1 * 8, tile.x0 * 8 : tile.x1 * 8] += tile.weight
     assert (total - 1).abs().max().item() <= 1e-6
 
 
@@ -347,8 +348,11 @@ def test_memory_budget_tiles_the_decode():
     vae = tiny_vae(attention=False)
     latents = torch.randn(1, 16, 1, 20, 9, generator=torch.Generator().manual_seed(13))  # 160 x 72 px
     calls = []
-    vae.decode(latents, memory_budget=estimate_working_bytes(vae.config, 128, 72),
-               progress=lambda done, total: calls.append((done, total)))
+    vae.decode(
+        latents,
+        memory_budget=estimate_working_bytes(vae.config, 128, 72),
+        progress=lambda done, total: calls.append((done, total)),
+    )
     assert calls == [(1, 2), (2, 2)]  # 128 px tiles: 2 x 1 tiles x 1 chunk
 
 

@@ -16,17 +16,33 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from run_workflow import LOADER, TINY_SIZE, run_on
+from workflow_api import (
+    CONTROL_VALUES,
+    FRONTEND_ONLY_TYPES,
+    WorkflowError,
+    combo_options,
+    missing_node_types,
+    to_api,
+    widget_inputs,
+    widget_slots,
+)
 
 from models.variants import VARIANTS
-from run_workflow import LOADER, TINY_SIZE, run_on
-from workflow_api import (CONTROL_VALUES, FRONTEND_ONLY_TYPES, WorkflowError, combo_options, missing_node_types,
-                          to_api, widget_inputs, widget_slots)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
 WORKFLOWS = sorted(WORKFLOWS_DIR.glob("*.json"))
-SHIPPED = {"text_to_video", "image_to_video", "control_to_video", "camera_to_video", "trajectory_to_video",
-           "video_inpaint", "extend_video", "text_to_video_lora"}
+SHIPPED = {
+    "text_to_video",
+    "image_to_video",
+    "control_to_video",
+    "camera_to_video",
+    "trajectory_to_video",
+    "video_inpaint",
+    "extend_video",
+    "text_to_video_lora",
+}
 # Combos whose choices depend on the machine (installed models, files in the input folder): only the type is checked.
 MACHINE_DEPENDENT_COMBOS = {(LOADER, "model"), ("LoadImage", "image"), ("LoadVideo", "file")}
 IDS = [p.stem for p in WORKFLOWS]

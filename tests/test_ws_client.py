@@ -6,7 +6,6 @@ import socket
 import struct
 
 import pytest
-
 from ws_client import OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, WebSocket, WebSocketClosed
 
 
@@ -25,7 +24,7 @@ def server_frame(opcode: int, payload: bytes, final: bool = True) -> bytes:
 def unmask_client_frame(data: bytes) -> tuple[int, bytes]:
     assert data[1] & 0x80, "a client must mask its frames"
     length, mask = data[1] & 0x7F, data[2:6]
-    return data[0] & 0x0F, bytes(b ^ mask[i % 4] for i, b in enumerate(data[6:6 + length]))
+    return data[0] & 0x0F, bytes(b ^ mask[i % 4] for i, b in enumerate(data[6 : 6 + length]))
 
 
 @pytest.fixture
@@ -40,8 +39,11 @@ def pair():
 def test_text_and_binary_messages_in_all_three_length_forms(pair):
     ws, server = pair
     big = bytes(range(256)) * 300  # 76,800 bytes: the 64-bit length form
-    server.sendall(server_frame(OP_TEXT, b'{"type": "status"}') + server_frame(OP_BINARY, b"x" * 300)
-                   + server_frame(OP_BINARY, big))
+    server.sendall(
+        server_frame(OP_TEXT, b'{"type": "status"}')
+        + server_frame(OP_BINARY, b"x" * 300)
+        + server_frame(OP_BINARY, big)
+    )
     assert ws.recv() == '{"type": "status"}'
     assert ws.recv() == b"x" * 300
     assert ws.recv() == big
@@ -49,8 +51,11 @@ def test_text_and_binary_messages_in_all_three_length_forms(pair):
 
 def test_a_fragmented_text_message_is_joined_and_a_ping_in_between_is_answered(pair):
     ws, server = pair
-    server.sendall(server_frame(OP_TEXT, b'{"a":', final=False) + server_frame(OP_PING, b"hi")
-                   + server_frame(OP_CONTINUATION, b" 1}"))
+    server.sendall(
+        server_frame(OP_TEXT, b'{"a":', final=False)
+        + server_frame(OP_PING, b"hi")
+        + server_frame(OP_CONTINUATION, b" 1}")
+    )
     assert ws.recv() == '{"a": 1}'
     assert unmask_client_frame(server.recv(64)) == (OP_PONG, b"hi")
 

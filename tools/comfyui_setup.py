@@ -133,8 +133,10 @@ def ensure_comfyui(install_requirements: bool = True, log: Path | None = None) -
         missing = requirements_to_install(lines)
         if missing:
             names = ", ".join(line.split(";")[0] for line in missing)
-            _say(f"installing {len(missing)} of ComfyUI's requirements into {sys.prefix} (up to about 250 MB, once): "
-                 f"{names}")
+            _say(
+                f"installing {len(missing)} of ComfyUI's requirements into {sys.prefix} (up to about 250 MB, once): "
+                f"{names}"
+            )
             started = time.monotonic()
             _pip("install", "-q", *lines, log=log)
             _say(f"ComfyUI's requirements installed in {time.monotonic() - started:.0f}s")

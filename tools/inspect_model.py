@@ -31,8 +31,13 @@ def describe(path: Path) -> list[str]:
         files = weight_files(path)  # a bare transformer folder
         headers = read_headers(files)
         inferred = infer_transformer({k: info.shape for k, (info, _) in headers.items()}, path)
-        version, size, kind, key_format, layout = (inferred.version, inferred.size, inferred.kind,
-                                                   inferred.key_format, "transformer folder")
+        version, size, kind, key_format, layout = (
+            inferred.version,
+            inferred.size,
+            inferred.kind,
+            inferred.key_format,
+            "transformer folder",
+        )
         config = inferred.config
     else:
         found = detect(path)
@@ -49,8 +54,16 @@ def describe(path: Path) -> list[str]:
         verdict = "= released count"
     else:
         verdict = f"released count is {variant.param_count:,} (differs by {params - variant.param_count:+,})"
-    fields = ("in_channels", "num_layers", "mmdit_layers", "num_attention_heads", "attention_head_dim",
-              "text_embed_dim", "text_embed_dim_t5", "add_norm_text_encoder")
+    fields = (
+        "in_channels",
+        "num_layers",
+        "mmdit_layers",
+        "num_attention_heads",
+        "attention_head_dim",
+        "text_embed_dim",
+        "text_embed_dim_t5",
+        "add_norm_text_encoder",
+    )
     return [
         f"source:      {path}",
         f"model:       {version} {size} {kind}  ->  {variant.name}{'' if variant.released else ' (not released)'}",

@@ -22,8 +22,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from workflow_api import FRONTEND_ONLY_TYPES  # noqa: E402
 
 # Options that decide a widget's slots, its default or the values it accepts (see workflow_api.widget_slots).
-KEPT_OPTIONS = ("default", "min", "max", "step", "options", "multiselect", "forceInput", "control_after_generate",
-                "image_upload", "video_upload")
+KEPT_OPTIONS = (
+    "default",
+    "min",
+    "max",
+    "step",
+    "options",
+    "multiselect",
+    "forceInput",
+    "control_after_generate",
+    "image_upload",
+    "video_upload",
+)
 KEPT_NODE_FIELDS = ("display_name", "output", "output_name", "output_is_list")
 SECTIONS = ("required", "optional")  # "hidden" inputs are filled by the server, never by a workflow
 
@@ -65,7 +75,9 @@ def core_types_of_workflows(paths: list[Path], object_info: dict) -> list[str]:
     """Node types the workflows use that ComfyUI itself provides (not notes, not any custom_nodes pack)."""
     types = {node["type"] for path in paths for node in json.loads(path.read_text())["nodes"]}
     types -= FRONTEND_ONLY_TYPES
-    return sorted(t for t in types if not str(object_info.get(t, {}).get("python_module", "")).startswith("custom_nodes"))
+    return sorted(
+        t for t in types if not str(object_info.get(t, {}).get("python_module", "")).startswith("custom_nodes")
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

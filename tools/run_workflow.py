@@ -87,8 +87,9 @@ def choose_models(workflow: dict, object_info: dict, model: str | None = None) -
                 raise SystemExit(f"model {model!r} is not installed; the loader lists: {', '.join(available)}")
             stand_in = tiny_counterpart(wanted, available)
             if stand_in is None:
-                raise SystemExit(f"model {wanted!r} is not installed and no tiny stand-in fits it; installed: "
-                                 f"{', '.join(available)}")
+                raise SystemExit(
+                    f"model {wanted!r} is not installed and no tiny stand-in fits it; installed: {', '.join(available)}"
+                )
             print(f"[run_workflow] {wanted} is not installed: using the built-in tiny checkpoint {stand_in}")
             wanted = stand_in
         tiny = tiny or wanted.startswith("tiny-")
@@ -134,8 +135,11 @@ def tiny_model_paths() -> dict[str, list[Path]]:
     from tiny_checkpoints import ensure_tiny_checkpoints, tiny_set_path
 
     if not (tiny_set_path() / ".complete").is_file():
-        print(f"[run_workflow] writing the built-in tiny checkpoints (random weights, about 15 MB, once) into "
-              f"{tiny_set_path().parent}", flush=True)
+        print(
+            f"[run_workflow] writing the built-in tiny checkpoints (random weights, about 15 MB, once) into "
+            f"{tiny_set_path().parent}",
+            flush=True,
+        )
     return {"EasyAnimate": [ensure_tiny_checkpoints()]}
 
 
@@ -152,7 +156,10 @@ def start_existing(comfy_dir: Path, model_paths: dict[str, list[Path]] | None, t
     run_dir = Path(tempfile.mkdtemp(prefix="run_workflow-"))
     args = [] if _cuda_available() else ["--cpu"]
     if model_paths:
-        args += ["--extra-model-paths-config", str(write_model_paths_yaml(run_dir / "extra_model_paths.yaml", model_paths))]
+        args += [
+            "--extra-model-paths-config",
+            str(write_model_paths_yaml(run_dir / "extra_model_paths.yaml", model_paths)),
+        ]
     return ComfyServer.launch(comfy_dir, comfy_dir, args, run_dir / "server.log", timeout)
 
 

@@ -46,13 +46,25 @@ for _path in (REPO_ROOT, REPO_ROOT / "tools"):  # usable outside pytest too (too
 SEED = 20250306
 
 # Shared tiny dimensions (see the project brief): transformer, text widths per version, VAE.
-TINY_TRANSFORMER = {"num_attention_heads": 2, "attention_head_dim": 16, "time_embed_dim": 24, "patch_size": 2,
-                    "out_channels": 16}
-TINY_TEXT_DIMS = {"v5": {"text_embed_dim": 32, "text_embed_dim_t5": 48},
-                  "v5.1": {"text_embed_dim": 64, "text_embed_dim_t5": None}}
+TINY_TRANSFORMER = {
+    "num_attention_heads": 2,
+    "attention_head_dim": 16,
+    "time_embed_dim": 24,
+    "patch_size": 2,
+    "out_channels": 16,
+}
+TINY_TEXT_DIMS = {
+    "v5": {"text_embed_dim": 32, "text_embed_dim_t5": 48},
+    "v5.1": {"text_embed_dim": 64, "text_embed_dim_t5": None},
+}
 TINY_LAYERS = {"12b": {"num_layers": 2, "mmdit_layers": 2}, "7b": {"num_layers": 4, "mmdit_layers": 2}}
-TINY_VAE = {"block_out_channels": [8, 16, 32, 32], "ch": 8, "norm_num_groups": 4, "layers_per_block": 2,
-            "latent_channels": 16}
+TINY_VAE = {
+    "block_out_channels": [8, 16, 32, 32],
+    "ch": 8,
+    "norm_num_groups": 4,
+    "layers_per_block": 2,
+    "latent_channels": 16,
+}
 KINDS_BY_VERSION = {"v5": ("t2v", "inp", "control"), "v5.1": ("t2v", "inp", "control", "control_camera")}
 
 SINGLE_FILES = {  # file name -> (source model folder, key names inside)
@@ -111,19 +123,27 @@ def tiny_vae_config(version: str) -> dict:
 def _model_index(version: str, kind: str) -> dict:
     if version == "v5":  # stale class names, exactly as released
         return {
-            "_class_name": "EasyAnimatePipeline_Multi_Text_Encoder", "_diffusers_version": "0.30.1",
-            "scheduler": ["diffusers", "DDPMScheduler"], "text_encoder": ["transformers", "BertModel"],
-            "text_encoder_2": ["transformers", "T5EncoderModel"], "tokenizer": ["transformers", "BertTokenizer"],
-            "tokenizer_2": ["transformers", "T5Tokenizer"], "transformer": ["diffusers", "Transformer2DModel"],
+            "_class_name": "EasyAnimatePipeline_Multi_Text_Encoder",
+            "_diffusers_version": "0.30.1",
+            "scheduler": ["diffusers", "DDPMScheduler"],
+            "text_encoder": ["transformers", "BertModel"],
+            "text_encoder_2": ["transformers", "T5EncoderModel"],
+            "tokenizer": ["transformers", "BertTokenizer"],
+            "tokenizer_2": ["transformers", "T5Tokenizer"],
+            "transformer": ["diffusers", "Transformer2DModel"],
             "vae": ["diffusers", "AutoencoderKL"],
         }
-    pipeline = {"t2v": "EasyAnimatePipeline", "inp": "EasyAnimateInpaintPipeline"}.get(kind, "EasyAnimateControlPipeline")
+    pipeline = {"t2v": "EasyAnimatePipeline", "inp": "EasyAnimateInpaintPipeline"}.get(
+        kind, "EasyAnimateControlPipeline"
+    )
     return {
-        "_class_name": pipeline, "_diffusers_version": "0.31.0",
+        "_class_name": pipeline,
+        "_diffusers_version": "0.31.0",
         "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
         "text_encoder": ["transformers", "Qwen2VLForConditionalGeneration"],
         "tokenizer": ["transformers", "Qwen2Tokenizer"],
-        "transformer": ["diffusers", "EasyAnimateTransformer3DModel"], "vae": ["diffusers", "AutoencoderKLMagvit"],
+        "transformer": ["diffusers", "EasyAnimateTransformer3DModel"],
+        "vae": ["diffusers", "AutoencoderKLMagvit"],
     }
 
 
@@ -257,8 +277,14 @@ def build_tiny_checkpoints(dest: Path, *, with_text: bool = True) -> Path:
 def _generator_sources() -> list[Path]:
     """Every file whose change changes the set: these writers, the registry, and the modules that give the shapes."""
     models = REPO_ROOT / "models"
-    sources = [Path(__file__), Path(__file__).with_name("tiny_text.py"), models / "variants.py",
-               models / "checkpoint.py", models / "transformer.py", models / "vae.py"]
+    sources = [
+        Path(__file__),
+        Path(__file__).with_name("tiny_text.py"),
+        models / "variants.py",
+        models / "checkpoint.py",
+        models / "transformer.py",
+        models / "vae.py",
+    ]
     return sources + sorted((models / "vae").rglob("*.py"))  # models/vae may become a package
 
 

@@ -128,7 +128,7 @@ def padded_widget_values(node: dict, info: dict) -> list:
     where = f"node {node['id']} ({node['type']})"
     layout = [name if kind == "value" else f"{name}:{kind}" for name, kind, _ in slots]
     optional = _optional_names(info)
-    padding = [_default_of(name, kind, spec, optional) for name, kind, spec in slots[len(values):]]
+    padding = [_default_of(name, kind, spec, optional) for name, kind, spec in slots[len(values) :]]
     if len(values) > len(slots) or NO_DEFAULT in padding:
         raise WorkflowError(
             f"{where} has {len(values)} widget values {values!r}, but the installed node expects {len(slots)}: "

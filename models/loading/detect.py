@@ -13,8 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
-from ..variants import (V5, V5_1, VARIANTS, Variant, kind_for_in_channels, released_vae_config,
-                        transformer_size_hint, variant_for)
+from ..variants import (
+    V5,
+    V5_1,
+    VARIANTS,
+    Variant,
+    kind_for_in_channels,
+    released_vae_config,
+    transformer_size_hint,
+    variant_for,
+)
 from .files import find_weights, weight_files
 from .headers import (
     PICKLE_SUFFIXES,
@@ -30,9 +38,20 @@ _ANCHOR = "time_embedding.linear_1.weight"
 _BLOCK_KEY = re.compile(r"^transformer_blocks\.(\d+)\.(.+)$")
 _VAE_KEYS = ("encoder.conv_in.weight", "decoder.conv_in.weight", "post_quant_conv.weight")
 # Architecture fields the weights determine; config.json must agree with them.
-STRUCTURAL_FIELDS = ("in_channels", "out_channels", "patch_size", "num_attention_heads", "attention_head_dim",
-                     "time_embed_dim", "num_layers", "mmdit_layers", "text_embed_dim", "text_embed_dim_t5",
-                     "add_norm_text_encoder", "after_norm")
+STRUCTURAL_FIELDS = (
+    "in_channels",
+    "out_channels",
+    "patch_size",
+    "num_attention_heads",
+    "attention_head_dim",
+    "time_embed_dim",
+    "num_layers",
+    "mmdit_layers",
+    "text_embed_dim",
+    "text_embed_dim_t5",
+    "add_norm_text_encoder",
+    "after_norm",
+)
 
 
 @dataclass(frozen=True)
@@ -52,22 +71,27 @@ def infer_transformer(shapes: Mapping[str, tuple[int, ...]], source: str | Path 
     anchors = [k for k in shapes if k == _ANCHOR or k.endswith("." + _ANCHOR)]
     if len(anchors) != 1:
         if any(k.endswith(v) for k in shapes for v in _VAE_KEYS):
-            raise CheckpointError(f"{source} holds VAE weights (encoder/decoder keys), not an EasyAnimate "
-                                  f"transformer. Transformer files have keys such as proj.weight, "
-                                  f"transformer_blocks.0.attn1.to_q.weight.")
+            raise CheckpointError(
+                f"{source} holds VAE weights (encoder/decoder keys), not an EasyAnimate "
+                f"transformer. Transformer files have keys such as proj.weight, "
+                f"transformer_blocks.0.attn1.to_q.weight."
+            )
         sample = ", ".join(sorted(shapes)[:5]) or "no tensors"
         problem = "no" if not anchors else "several"
         raise CheckpointError(
             f"{source} is not an EasyAnimate V5/V5.1 transformer: {problem} {_ANCHOR!r} key found (first keys: "
-            f"{sample}). Expected the released transformer/diffusion_pytorch_model.safetensors key names.")
+            f"{sample}). Expected the released transformer/diffusion_pytorch_model.safetensors key names."
+        )
     prefix = anchors[0][: -len(_ANCHOR)]
-    local = {k[len(prefix):]: tuple(v) for k, v in shapes.items() if k.startswith(prefix)}
+    local = {k[len(prefix) :]: tuple(v) for k, v in shapes.items() if k.startswith(prefix)}
 
     def need(key: str, ndim: int) -> tuple[int, ...]:
         shape = local.get(key)
         if shape is None or len(shape) != ndim:
-            raise CheckpointError(f"{source} is not an EasyAnimate V5/V5.1 transformer: "
-                                  f"{prefix + key!r} is {'missing' if shape is None else f'shaped {shape}'}.")
+            raise CheckpointError(
+                f"{source} is not an EasyAnimate V5/V5.1 transformer: "
+                f"{prefix + key!r} is {'missing' if shape is None else f'shaped {shape}'}."
+            )
         return shape
 
     inner, in_channels, patch, _ = need("proj.weight", 4)
@@ -83,16 +107,20 @@ def infer_transformer(shapes: Mapping[str, tuple[int, ...]], source: str | Path 
     num_layers = max(blocks) + 1
     if sorted(blocks) != list(range(num_layers)):
         gaps = sorted(set(range(num_layers)) - set(blocks))
-        raise CheckpointError(f"{source}: transformer blocks {gaps} are missing (found {len(blocks)} of "
-                              f"{num_layers}); the file is incomplete.")
+        raise CheckpointError(
+            f"{source}: transformer blocks {gaps} are missing (found {len(blocks)} of "
+            f"{num_layers}); the file is incomplete."
+        )
     original = [i for i, keys in blocks.items() if "attn2.to_q.weight" in keys]
     diffusers = [i for i, keys in blocks.items() if "attn1.add_q_proj.weight" in keys]
     if original and diffusers:
         raise CheckpointError(f"{source} mixes original (attn2.*) and diffusers (attn1.add_*_proj) key names.")
     mmdit = sorted(original or diffusers)
     if not mmdit:
-        raise CheckpointError(f"{source} has no MMDiT blocks (no attn2.* / attn1.add_q_proj keys); every released "
-                              f"EasyAnimate V5/V5.1 transformer starts with MMDiT blocks.")
+        raise CheckpointError(
+            f"{source} has no MMDiT blocks (no attn2.* / attn1.add_q_proj keys); every released "
+            f"EasyAnimate V5/V5.1 transformer starts with MMDiT blocks."
+        )
     if mmdit != list(range(len(mmdit))):
         raise CheckpointError(f"{source}: MMDiT blocks must come first, found them at {mmdit}.")
 
@@ -105,8 +133,10 @@ def infer_transformer(shapes: Mapping[str, tuple[int, ...]], source: str | Path 
         text_embed_dim = need("text_proj.0.weight", 1)[0]
         text_embed_dim_t5 = None
     else:
-        raise CheckpointError(f"{source}: cannot tell V5 from V5.1: expected text_proj_t5.weight (V5, Bert + mT5) or "
-                              f"text_proj.0.weight (V5.1, Qwen2-VL RMSNorm).")
+        raise CheckpointError(
+            f"{source}: cannot tell V5 from V5.1: expected text_proj_t5.weight (V5, Bert + mT5) or "
+            f"text_proj.0.weight (V5.1, Qwen2-VL RMSNorm)."
+        )
     try:
         kind = kind_for_in_channels(version, in_channels)
     except ValueError as error:
@@ -135,6 +165,7 @@ def infer_transformer(shapes: Mapping[str, tuple[int, ...]], source: str | Path 
         key_prefix=prefix,
         config=config,
     )
+
 
 # --- detection ----------------------------------------------------------------------------------------------------------
 
@@ -167,30 +198,60 @@ def _requirements(version: str | None, size: str | None) -> list[tuple[str, str,
     """(component, check, shown path, alternatives, description) of what a model folder must hold; `check` is
     _WEIGHTS (any *.safetensors / complete shard index in that folder) or _FILE (the file, or all alternatives)."""
     needs = [
-        ("transformer", _WEIGHTS, "transformer/diffusion_pytorch_model.safetensors", (),
-         f"the MMDiT transformer weights ({transformer_size_hint(size)}, bf16)"),
+        (
+            "transformer",
+            _WEIGHTS,
+            "transformer/diffusion_pytorch_model.safetensors",
+            (),
+            f"the MMDiT transformer weights ({transformer_size_hint(size)}, bf16)",
+        ),
         ("vae", _WEIGHTS, "vae/diffusion_pytorch_model.safetensors", (), "the causal 3D VAE weights (≈1 GB)"),
     ]
     if version == V5:
         needs += [
-            ("text_encoder", _FILE, "text_encoder/config.json", (),
-             "Bert text-encoder config (HunyuanDiT bilingual CLIP, hidden 1024)"),
+            (
+                "text_encoder",
+                _FILE,
+                "text_encoder/config.json",
+                (),
+                "Bert text-encoder config (HunyuanDiT bilingual CLIP, hidden 1024)",
+            ),
             ("text_encoder", _WEIGHTS, "text_encoder/model.safetensors", (), "Bert text-encoder weights (≈1.4 GB)"),
             ("tokenizer", _FILE, "tokenizer/vocab.txt", ("tokenizer/tokenizer.json",), "Bert tokenizer vocabulary"),
             ("tokenizer", _FILE, "tokenizer/tokenizer_config.json", (), "Bert tokenizer settings (max length 77)"),
             ("text_encoder_2", _FILE, "text_encoder_2/config.json", (), "mT5-XL encoder config (d_model 2048)"),
-            ("text_encoder_2", _WEIGHTS, "text_encoder_2/model.safetensors.index.json", (),
-             "mT5 encoder weights (≈6.7 GB: this index and the 2 shards it lists)"),
-            ("tokenizer_2", _FILE, "tokenizer_2/spiece.model", ("tokenizer_2/tokenizer.json",),
-             "mT5 sentencepiece tokenizer"),
+            (
+                "text_encoder_2",
+                _WEIGHTS,
+                "text_encoder_2/model.safetensors.index.json",
+                (),
+                "mT5 encoder weights (≈6.7 GB: this index and the 2 shards it lists)",
+            ),
+            (
+                "tokenizer_2",
+                _FILE,
+                "tokenizer_2/spiece.model",
+                ("tokenizer_2/tokenizer.json",),
+                "mT5 sentencepiece tokenizer",
+            ),
         ]
     elif version == V5_1:
         needs += [
             ("text_encoder", _FILE, "text_encoder/config.json", (), "Qwen2-VL-7B-Instruct config"),
-            ("text_encoder", _WEIGHTS, "text_encoder/model.safetensors.index.json", (),
-             "Qwen2-VL-7B-Instruct weights (≈16.6 GB: this index and the 5 shards it lists)"),
-            ("tokenizer", _FILE, "tokenizer/tokenizer.json", ("tokenizer/vocab.json", "tokenizer/merges.txt"),
-             "Qwen2 tokenizer (tokenizer.json, or vocab.json + merges.txt)"),
+            (
+                "text_encoder",
+                _WEIGHTS,
+                "text_encoder/model.safetensors.index.json",
+                (),
+                "Qwen2-VL-7B-Instruct weights (≈16.6 GB: this index and the 5 shards it lists)",
+            ),
+            (
+                "tokenizer",
+                _FILE,
+                "tokenizer/tokenizer.json",
+                ("tokenizer/vocab.json", "tokenizer/merges.txt"),
+                "Qwen2 tokenizer (tokenizer.json, or vocab.json + merges.txt)",
+            ),
             ("tokenizer", _FILE, "tokenizer/tokenizer_config.json", (), "Qwen2 tokenizer settings"),
         ]
     return needs
@@ -259,8 +320,10 @@ def detect(path: str | Path) -> Detection:
     if path.is_file() or path.suffix.lower() in (".safetensors", ".sft") + PICKLE_SUFFIXES:
         return _detect_single_file(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"{path} does not exist: expected an EasyAnimate model folder (with transformer/, "
-                                f"vae/, text_encoder/, ...) or a transformer .safetensors file.")
+        raise FileNotFoundError(
+            f"{path} does not exist: expected an EasyAnimate model folder (with transformer/, "
+            f"vae/, text_encoder/, ...) or a transformer .safetensors file."
+        )
     if path.name == "transformer" and not (path / "transformer").exists() and (path.parent / "vae").exists():
         path = path.parent  # pointed at the transformer subfolder of a full model folder
     return _detect_folder(path)
@@ -277,9 +340,18 @@ def _detect_single_file(path: Path) -> Detection:
     config = variant.transformer_config()
     config.update(inferred.config)
     return Detection(
-        version=inferred.version, size=inferred.size, kind=inferred.kind, layout="single_file", variant=variant,
-        transformer_config=config, paths={"transformer": path}, transformer_files=[path],
-        key_format=inferred.key_format, key_prefix=inferred.key_prefix, vae_config=None, name=path.stem,
+        version=inferred.version,
+        size=inferred.size,
+        kind=inferred.kind,
+        layout="single_file",
+        variant=variant,
+        transformer_config=config,
+        paths={"transformer": path},
+        transformer_files=[path],
+        key_format=inferred.key_format,
+        key_prefix=inferred.key_prefix,
+        vae_config=None,
+        name=path.stem,
     )
 
 
@@ -287,8 +359,11 @@ def _detect_folder(root: Path) -> Detection:
     missing: list[tuple[Path, str]] = []
     transformer_dir = root / "transformer"
     inferred = None
-    missing += _check_weights(transformer_dir, transformer_dir / "diffusion_pytorch_model.safetensors",
-                              f"the MMDiT transformer weights ({transformer_size_hint(None)}, bf16)")
+    missing += _check_weights(
+        transformer_dir,
+        transformer_dir / "diffusion_pytorch_model.safetensors",
+        f"the MMDiT transformer weights ({transformer_size_hint(None)}, bf16)",
+    )
     transformer_files: list[Path] = []
     if not missing:
         transformer_files = weight_files(transformer_dir, describe="the MMDiT transformer weights")
@@ -306,23 +381,38 @@ def _detect_folder(root: Path) -> Detection:
             missing.append((target, description))
     if missing:
         variant = variant_for(inferred.version, inferred.size, inferred.kind) if inferred else None
-        note = "" if version else ("Could not tell V5 from V5.1 without the transformer, so the text-encoder files "
-                                   "were not checked yet.")
+        note = (
+            ""
+            if version
+            else (
+                "Could not tell V5 from V5.1 without the transformer, so the text-encoder files were not checked yet."
+            )
+        )
         layout = inferred.key_format if inferred else ("diffusers" if root.name.endswith("-diffusers") else "original")
-        raise MissingFilesError(root, missing, what=f"EasyAnimate {_VERSION_LABEL.get(version, '')}model folder",
-                                download_hint=_download_hint(root, variant, layout), note=note)
+        raise MissingFilesError(
+            root,
+            missing,
+            what=f"EasyAnimate {_VERSION_LABEL.get(version, '')}model folder",
+            download_hint=_download_hint(root, variant, layout),
+            note=note,
+        )
 
     variant = variant_for(inferred.version, inferred.size, inferred.kind)
     config = variant.transformer_config()
     config_path = transformer_dir / "config.json"
     if config_path.is_file():
         on_disk = _read_json(config_path)
-        conflicts = [f"{key}: config.json says {on_disk[key]!r}, the weights say {value!r}"
-                     for key, value in inferred.config.items() if key in on_disk and on_disk[key] != value]
+        conflicts = [
+            f"{key}: config.json says {on_disk[key]!r}, the weights say {value!r}"
+            for key, value in inferred.config.items()
+            if key in on_disk and on_disk[key] != value
+        ]
         if conflicts:
             raise CheckpointError(
-                f"{config_path} contradicts the weights in {transformer_dir}:\n  " + "\n  ".join(conflicts) +
-                "\nThe weights decide the architecture: restore the released config.json or delete it.")
+                f"{config_path} contradicts the weights in {transformer_dir}:\n  "
+                + "\n  ".join(conflicts)
+                + "\nThe weights decide the architecture: restore the released config.json or delete it."
+            )
         config.update(on_disk)
     config.update(inferred.config)
 
@@ -337,8 +427,16 @@ def _detect_folder(root: Path) -> Detection:
     components = ["transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler"]
     paths = {c: root / c for c in components if (root / c).is_dir()}
     return Detection(
-        version=inferred.version, size=inferred.size, kind=inferred.kind, layout=inferred.key_format,
-        variant=variant, transformer_config=config, paths=paths, transformer_files=transformer_files,
-        key_format=inferred.key_format, key_prefix=inferred.key_prefix, vae_config=vae_config, name=root.name,
+        version=inferred.version,
+        size=inferred.size,
+        kind=inferred.kind,
+        layout=inferred.key_format,
+        variant=variant,
+        transformer_config=config,
+        paths=paths,
+        transformer_files=transformer_files,
+        key_format=inferred.key_format,
+        key_prefix=inferred.key_prefix,
+        vae_config=vae_config,
+        name=root.name,
     )
-

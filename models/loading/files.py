@@ -38,8 +38,10 @@ def find_weights(folder: str | Path, shown: str | Path, description: str) -> Fou
         return FoundWeights(folder, missing=[(shown, description)])
     indexes = sorted(folder.glob("*.safetensors.index.json"))
     if len(indexes) > 1:
-        raise CheckpointError(f"{folder} has several shard indexes ({', '.join(i.name for i in indexes)}); "
-                              f"keep the one that belongs to the weights.")
+        raise CheckpointError(
+            f"{folder} has several shard indexes ({', '.join(i.name for i in indexes)}); "
+            f"keep the one that belongs to the weights."
+        )
     if indexes:
         try:
             weight_map = json.loads(indexes[0].read_text(encoding="utf-8"))["weight_map"]
@@ -47,9 +49,12 @@ def find_weights(folder: str | Path, shown: str | Path, description: str) -> Fou
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise CheckpointError(f"{indexes[0]} is not a valid shard index ({error}). Re-download it.") from None
         shards = [folder / name for name in names]
-        return FoundWeights(folder, files=[s for s in shards if s.is_file()], index=indexes[0],
-                            missing=[(s, f"shard of {description} listed in {indexes[0].name}")
-                                     for s in shards if not s.is_file()])
+        return FoundWeights(
+            folder,
+            files=[s for s in shards if s.is_file()],
+            index=indexes[0],
+            missing=[(s, f"shard of {description} listed in {indexes[0].name}") for s in shards if not s.is_file()],
+        )
     files = sorted(p for p in folder.glob("*.safetensors") if p.is_file())
     if files:
         return FoundWeights(folder, files=files)

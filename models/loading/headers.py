@@ -28,12 +28,21 @@ class UnsafeCheckpointError(CheckpointError):
 class MissingFilesError(FileNotFoundError):
     """A model folder lacks files. `missing` lists every one as (absolute path, what belongs there)."""
 
-    def __init__(self, folder: Path, missing: list[tuple[Path, str]], *, what: str = "model folder",
-                 download_hint: str = "", note: str = ""):
+    def __init__(
+        self,
+        folder: Path,
+        missing: list[tuple[Path, str]],
+        *,
+        what: str = "model folder",
+        download_hint: str = "",
+        note: str = "",
+    ):
         self.folder = Path(folder)
         self.missing = list(missing)
-        lines = [f"{what} {self.folder} is incomplete: {len(self.missing)} "
-                 f"{'file is' if len(self.missing) == 1 else 'files are'} missing:"]
+        lines = [
+            f"{what} {self.folder} is incomplete: {len(self.missing)} "
+            f"{'file is' if len(self.missing) == 1 else 'files are'} missing:"
+        ]
         lines += [f"  {path} — {description}" for path, description in self.missing]
         if note:
             lines.append(note)
@@ -45,10 +54,22 @@ class MissingFilesError(FileNotFoundError):
 # --- safetensors headers ---------------------------------------------------------------------------------------------
 
 _DTYPE_BYTES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
-    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4,
-    "I64": 8, "U64": 8, "F64": 8,
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "F8_E8M0": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
 }
 
 
@@ -75,14 +96,17 @@ def read_safetensors_header(path: str | Path) -> dict[str, TensorInfo]:
     path = Path(path)
     file_size = path.stat().st_size
     if file_size < 8:
-        raise CheckpointError(f"{path} is truncated ({file_size} bytes): a safetensors file starts with an 8-byte "
-                              f"header length. Re-download it.")
+        raise CheckpointError(
+            f"{path} is truncated ({file_size} bytes): a safetensors file starts with an 8-byte "
+            f"header length. Re-download it."
+        )
     with open(path, "rb") as handle:
         (header_len,) = struct.unpack("<Q", handle.read(8))
         if header_len == 0 or header_len > _MAX_HEADER_BYTES or header_len > file_size - 8:
             raise CheckpointError(
                 f"{path} is not a valid safetensors file (header length {header_len} bytes, file size "
-                f"{file_size} bytes): it is truncated or not safetensors at all. Re-download it.")
+                f"{file_size} bytes): it is truncated or not safetensors at all. Re-download it."
+            )
         raw = handle.read(header_len)
     try:
         header = json.loads(raw)
@@ -105,12 +129,15 @@ def read_safetensors_header(path: str | Path) -> dict[str, TensorInfo]:
             raise CheckpointError(f"{path}: corrupt header entry for tensor {name!r}: offsets {begin}..{end}")
         itemsize = _DTYPE_BYTES.get(info.dtype)
         if itemsize is not None and info.nbytes != info.numel * itemsize:
-            raise CheckpointError(f"{path}: corrupt header entry for tensor {name!r}: {info.dtype}{list(shape)} "
-                                  f"needs {info.numel * itemsize} bytes, offsets span {info.nbytes}")
+            raise CheckpointError(
+                f"{path}: corrupt header entry for tensor {name!r}: {info.dtype}{list(shape)} "
+                f"needs {info.numel * itemsize} bytes, offsets span {info.nbytes}"
+            )
         if info.data_offsets[1] > data_size:
             raise CheckpointError(
                 f"{path} is truncated: tensor {name!r} ends at byte {info.data_offsets[1]} of the data section, "
-                f"but the file holds only {data_size} data bytes. Re-download it.")
+                f"but the file holds only {data_size} data bytes. Re-download it."
+            )
         tensors[name] = info
     return tensors
 
@@ -127,7 +154,6 @@ def read_headers(files: Iterable[str | Path]) -> dict[str, tuple[TensorInfo, Pat
     return merged
 
 
-
 def pickle_refusal(folder: Path, pickles: list[Path]) -> UnsafeCheckpointError:
     """The error for a folder (or file) that offers only pickle weights, with the way to convert them."""
     names = ", ".join(p.name for p in pickles)
@@ -135,6 +161,7 @@ def pickle_refusal(folder: Path, pickles: list[Path]) -> UnsafeCheckpointError:
         f"{folder} holds only pickle weights ({names}). This pack loads safetensors only: unpickling a model file "
         f"can run arbitrary code. Download the .safetensors files of this model (every EasyAnimate release on "
         f"https://huggingface.co/alibaba-pai ships them), or convert a file you trust yourself, e.g.\n"
-        f"  python -c \"import torch, safetensors.torch as st; "
+        f'  python -c "import torch, safetensors.torch as st; '
         f"st.save_file(torch.load('IN.bin', weights_only=True), 'OUT.safetensors')\"\n"
-        f"and put the .safetensors file into {folder}.")
+        f"and put the .safetensors file into {folder}."
+    )

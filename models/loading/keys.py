@@ -15,10 +15,13 @@ _ORIGINAL_TO_DIFFUSERS = {
     "norm_k": "norm_added_k",
 }
 _DIFFUSERS_TO_ORIGINAL = {v: k for k, v in _ORIGINAL_TO_DIFFUSERS.items()}
-_ORIGINAL_KEY = re.compile(r"^((?:.*\.)?transformer_blocks\.\d+\.)attn2\.(to_q|to_k|to_v|to_out\.0|norm_q|norm_k)\.(.+)$")
+_ORIGINAL_KEY = re.compile(
+    r"^((?:.*\.)?transformer_blocks\.\d+\.)attn2\.(to_q|to_k|to_v|to_out\.0|norm_q|norm_k)\.(.+)$"
+)
 _DIFFUSERS_KEY = re.compile(
     r"^((?:.*\.)?transformer_blocks\.\d+\.)attn1\.(add_q_proj|add_k_proj|add_v_proj|to_add_out|norm_added_q|"
-    r"norm_added_k)\.(.+)$")
+    r"norm_added_k)\.(.+)$"
+)
 
 
 def original_to_diffusers_key(key: str) -> str:
@@ -42,12 +45,14 @@ def key_mapper(key_format: str, key_prefix: str = "", target: str = "original") 
     models in an all-in-one file) and convert `key_format` key names to `target` ("original" | "diffusers")."""
     if {key_format, target} - {"original", "diffusers"}:
         raise ValueError(f"key formats are 'original' or 'diffusers', got {key_format!r} -> {target!r}")
-    convert = {("diffusers", "original"): diffusers_to_original_key,
-               ("original", "diffusers"): original_to_diffusers_key}.get((key_format, target), lambda key: key)
+    convert = {
+        ("diffusers", "original"): diffusers_to_original_key,
+        ("original", "diffusers"): original_to_diffusers_key,
+    }.get((key_format, target), lambda key: key)
 
     def rename(key: str) -> str | None:
         if not key.startswith(key_prefix):
             return None
-        return convert(key[len(key_prefix):])
+        return convert(key[len(key_prefix) :])
 
     return rename

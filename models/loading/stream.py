@@ -116,8 +116,9 @@ def load_state_streaming(
     sections = []
     reported_missing = missing if strict else missing_on_meta
     if reported_missing:
-        sections.append((f"{len(reported_missing)} missing (the model needs them, the files lack them)",
-                         reported_missing))
+        sections.append(
+            (f"{len(reported_missing)} missing (the model needs them, the files lack them)", reported_missing)
+        )
     if unexpected and strict:
         sections.append((f"{len(unexpected)} unexpected (in the files, no such tensor in the model)", unexpected))
     if mismatched:
@@ -130,8 +131,10 @@ def load_state_streaming(
         for title, names in sections:
             lines.append(f"  {title}:")
             lines += [f"    {n}" for n in names]
-        lines.append("This usually means the files belong to another model variant, are incomplete, or the "
-                     "config.json next to them does not match the weights.")
+        lines.append(
+            "This usually means the files belong to another model variant, are incomplete, or the "
+            "config.json next to them does not match the weights."
+        )
         error = CheckpointError("\n".join(lines))
         error.missing, error.unexpected, error.mismatched = reported_missing, unexpected, mismatched
         raise error
@@ -176,8 +179,9 @@ def load_state_streaming(
 
     still_meta = [name for name, (owner, attr, _) in targets.items() if getattr(owner, attr).is_meta]
     if still_meta:
-        raise CheckpointError(f"after loading {', '.join(str(f) for f in files)} these tensors were never "
-                              f"filled: {', '.join(still_meta)}")
+        raise CheckpointError(
+            f"after loading {', '.join(str(f) for f in files)} these tensors were never filled: {', '.join(still_meta)}"
+        )
     return LoadReport(files=files, loaded=loaded, missing=missing, unexpected=unexpected)
 
 

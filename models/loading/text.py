@@ -63,8 +63,9 @@ def normalize_version(version: str) -> str:
         return V5
     if text == "5.1":
         return V5_1
-    raise ValueError(f"unknown EasyAnimate text-encoder version {version!r}; expected 'v5' (Bert + mT5) or "
-                     f"'v5.1' (Qwen2-VL)")
+    raise ValueError(
+        f"unknown EasyAnimate text-encoder version {version!r}; expected 'v5' (Bert + mT5) or 'v5.1' (Qwen2-VL)"
+    )
 
 
 def detect_text_version(model_dir: str | Path) -> str:
@@ -75,12 +76,14 @@ def detect_text_version(model_dir: str | Path) -> str:
         return V5
     config = model_dir / "text_encoder" / "config.json"
     if (model_dir / "tokenizer" / "vocab.json").is_file() or (
-            config.is_file() and "qwen2_vl" in config.read_text(encoding="utf-8")):
+        config.is_file() and "qwen2_vl" in config.read_text(encoding="utf-8")
+    ):
         return V5_1
     raise TextEncoderFilesError(
         f"cannot tell which EasyAnimate text encoders {model_dir} holds: expected tokenizer_2/ and text_encoder_2/ "
         f"(V5, Bert + mT5) or a Qwen2-VL text_encoder/ with tokenizer/vocab.json (V5.1). Download the complete "
-        f"model folder (for example alibaba-pai/EasyAnimateV5.1-12b-zh) into {model_dir}.")
+        f"model folder (for example alibaba-pai/EasyAnimateV5.1-12b-zh) into {model_dir}."
+    )
 
 
 def _encoder_weights(encoder_dir: Path, what: str, problems: list[str]) -> tuple[Path, ...]:
@@ -92,9 +95,11 @@ def _encoder_weights(encoder_dir: Path, what: str, problems: list[str]) -> tuple
         problems.append(f"{index}  ({what}: {error})")
         return ()
     if found.pickles:
-        problems.append(f"{single}  ({what} weights): found only {', '.join(p.name for p in found.pickles)}, pickle "
-                        f"checkpoints can run code when loaded and are refused; use the .safetensors files of the "
-                        f"release")
+        problems.append(
+            f"{single}  ({what} weights): found only {', '.join(p.name for p in found.pickles)}, pickle "
+            f"checkpoints can run code when loaded and are refused; use the .safetensors files of the "
+            f"release"
+        )
     elif found.missing and not found.files and found.index is None:
         problems.append(f"{single} or {index} + its shards  ({what} weights)")
     else:
@@ -111,8 +116,11 @@ def text_encoder_files(model_dir: str | Path, version: str) -> tuple[StreamFiles
     for stream in STREAMS[version]:
         tokenizer_name, encoder_name, what, tokenizer_files = LAYOUT[stream]
         tokenizer_dir, encoder_dir = model_dir / tokenizer_name, model_dir / encoder_name
-        problems.extend(f"{tokenizer_dir / name}  ({contents})" for name, contents in tokenizer_files.items()
-                        if not (tokenizer_dir / name).is_file())
+        problems.extend(
+            f"{tokenizer_dir / name}  ({contents})"
+            for name, contents in tokenizer_files.items()
+            if not (tokenizer_dir / name).is_file()
+        )
         if not (encoder_dir / "config.json").is_file():
             problems.append(f"{encoder_dir / 'config.json'}  ({what} config)")
         streams.append(StreamFiles(stream, tokenizer_dir, encoder_dir, _encoder_weights(encoder_dir, what, problems)))
@@ -122,7 +130,8 @@ def text_encoder_files(model_dir: str | Path, version: str) -> tuple[StreamFiles
         raise TextEncoderFilesError(
             f"EasyAnimate {version.upper()} text encoder files are missing or unusable in {model_dir}:\n{listing}\n"
             f"Download the complete model folder, keeping its {', '.join(f + '/' for f in folders)} subfolders, "
-            f"into {model_dir}.")
+            f"into {model_dir}."
+        )
     return tuple(streams)
 
 
@@ -132,8 +141,11 @@ def text_encoder_files(model_dir: str | Path, version: str) -> tuple[StreamFiles
 def _fp8_linears(model: nn.Module, prefix: str, skip_suffixes: tuple[str, ...] = ()) -> list[str]:
     """Module names of the plain Linear layers under `prefix` that may hold fp8 weights (embeddings and norms stay in
     the compute dtype)."""
-    return [name for name, module in model.named_modules()
-            if name.startswith(prefix) and type(module) is nn.Linear and not name.endswith(skip_suffixes)]
+    return [
+        name
+        for name, module in model.named_modules()
+        if name.startswith(prefix) and type(module) is nn.Linear and not name.endswith(skip_suffixes)
+    ]
 
 
 def _use_ops_linears(model: nn.Module, names: list[str], ops) -> None:
@@ -142,12 +154,18 @@ def _use_ops_linears(model: nn.Module, names: list[str], ops) -> None:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         old = parent.get_submodule(child)
-        parent._modules[child] = ops.Linear(old.in_features, old.out_features, bias=old.bias is not None,
-                                            device="meta")
+        parent._modules[child] = ops.Linear(old.in_features, old.out_features, bias=old.bias is not None, device="meta")
 
 
-def _stream_in(model: nn.Module, files: StreamFiles, rename: Callable[[str], str | None], dtype: torch.dtype,
-               storage_dtype: torch.dtype | None, fp8_layers: list[str], device: torch.device) -> nn.Module:
+def _stream_in(
+    model: nn.Module,
+    files: StreamFiles,
+    rename: Callable[[str], str | None],
+    dtype: torch.dtype,
+    storage_dtype: torch.dtype | None,
+    fp8_layers: list[str],
+    device: torch.device,
+) -> nn.Module:
     """Give the fp8 layers the ops Linear, then fill every parameter from the files (models/loading/stream.py):
     tensors the model has no place for (vision tower, LM head, the skipped last layer, pooler) are never read."""
     fp8_weights = {f"{name}.weight" for name in fp8_layers} if storage_dtype is not None else set()
@@ -156,13 +174,23 @@ def _stream_in(model: nn.Module, files: StreamFiles, rename: Callable[[str], str
 
     def keep_dtype(name: str) -> torch.dtype:  # fp8 only for the ops Linear weights; biases, norms: compute dtype
         return storage_dtype if name in fp8_weights else dtype
+
     try:
-        load_state_streaming(model, files.weight_files, dtype, rename=rename, keep_dtype=keep_dtype, strict=False,
-                             device=device, saturate=True)
+        load_state_streaming(
+            model,
+            files.weight_files,
+            dtype,
+            rename=rename,
+            keep_dtype=keep_dtype,
+            strict=False,
+            device=device,
+            saturate=True,
+        )
     except CheckpointError as error:
         raise TextEncoderFilesError(
             f"the {LAYOUT[files.stream][2]} weights in {files.encoder_dir} do not fit the model: the files are "
-            f"incomplete or belong to a different model; download {files.encoder_dir.name}/ again.\n{error}") from None
+            f"incomplete or belong to a different model; download {files.encoder_dir.name}/ again.\n{error}"
+        ) from None
     still_meta = [name for name, buffer in model.named_buffers() if buffer.is_meta]
     if still_meta:  # a buffer the builder above did not rebuild: a bug here, not in the files
         raise RuntimeError(f"text encoder buffers never built: {still_meta}")
@@ -176,7 +204,8 @@ def _load_config(files: StreamFiles, model_types: tuple[str, ...]):
     if config.model_type not in model_types:
         raise TextEncoderFilesError(
             f"{files.encoder_dir / 'config.json'} describes a '{config.model_type}' model, but EasyAnimate's "
-            f"{LAYOUT[files.stream][2]} must be {' or '.join(model_types)}; the folder holds a different model.")
+            f"{LAYOUT[files.stream][2]} must be {' or '.join(model_types)}; the folder holds a different model."
+        )
     return config
 
 
@@ -211,7 +240,7 @@ def _qwen_checkpoint_to_text_model(key: str) -> str | None:
     """Released layout `model.layers.*` (or transformers >= 4.52's `model.language_model.*`) -> text-model keys."""
     for prefix in ("model.language_model.", "model."):
         if key.startswith(prefix):
-            rest = key[len(prefix):]
+            rest = key[len(prefix) :]
             return None if rest.startswith(("visual.", "language_model.")) else rest
     return None  # visual.*, lm_head.*
 
@@ -222,9 +251,11 @@ def _load_qwen(files: StreamFiles, dtype, storage_dtype, device) -> nn.Module:
     try:
         from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLTextModel
     except ImportError as error:
-        raise RuntimeError(f"EasyAnimate V5.1 text encoding needs transformers >= 4.52 (Qwen2VLTextModel); "
-                           f"found transformers {transformers.__version__}. Update it with "
-                           f"`pip install -U transformers`.") from error
+        raise RuntimeError(
+            f"EasyAnimate V5.1 text encoding needs transformers >= 4.52 (Qwen2VLTextModel); "
+            f"found transformers {transformers.__version__}. Update it with "
+            f"`pip install -U transformers`."
+        ) from error
     config = _load_config(files, ("qwen2_vl",))
     text_config = copy.deepcopy(config.text_config)
     # hidden_states[-2] is the raw output of layer N-2: build layers 0..N-2 only and no final norm.
@@ -244,8 +275,9 @@ def _load_qwen(files: StreamFiles, dtype, storage_dtype, device) -> nn.Module:
 _BUILDERS = {"bert": _load_bert, "t5": _load_t5, "qwen": _load_qwen}
 
 
-def load_stream_model(files: StreamFiles, dtype: torch.dtype, storage_dtype: torch.dtype | None,
-                      device: torch.device) -> nn.Module:
+def load_stream_model(
+    files: StreamFiles, dtype: torch.dtype, storage_dtype: torch.dtype | None, device: torch.device
+) -> nn.Module:
     """One encoder of a text stream, built on meta and streamed in (fp8 `storage_dtype`: Bert ignores it)."""
     return _BUILDERS[files.stream](files, dtype, storage_dtype, device)
 
@@ -257,8 +289,9 @@ def load_tokenizer(files: StreamFiles):
     try:
         tokenizer = tokenizer_class.from_pretrained(str(files.tokenizer_dir), local_files_only=True)
     except Exception as error:  # a corrupt vocabulary surfaces as many different exception types
-        raise TextEncoderFilesError(f"could not load the {files.stream} tokenizer from {files.tokenizer_dir}: "
-                                    f"{error}") from error
+        raise TextEncoderFilesError(
+            f"could not load the {files.stream} tokenizer from {files.tokenizer_dir}: {error}"
+        ) from error
     if files.stream == "qwen":
         # reference: right padding, right truncation (docs/faithfulness.md, text encoders)
         tokenizer.padding_side = "right"
@@ -268,6 +301,7 @@ def load_tokenizer(files: StreamFiles):
             if not template_file.is_file():
                 raise TextEncoderFilesError(
                     f"the Qwen2-VL tokenizer in {files.tokenizer_dir} has no chat template: expected "
-                    f"'chat_template' in tokenizer_config.json or {template_file}")
+                    f"'chat_template' in tokenizer_config.json or {template_file}"
+                )
             tokenizer.chat_template = json.loads(template_file.read_text(encoding="utf-8"))["chat_template"]
     return tokenizer

@@ -58,8 +58,17 @@ def load_transformer(
     with torch.device("meta"):
         model = EasyAnimateTransformer(TransformerParams.from_config(config), ops)
     loader = ScaledLoader(model, rule, storage_dtype, dtype) if scaled else None
-    load_state_streaming(model, files, dtype, rename=rename, keep_dtype=loader.keep_dtype if loader else rule,
-                         strict=True, device=device, progress=progress, interrupt=interrupt)
+    load_state_streaming(
+        model,
+        files,
+        dtype,
+        rename=rename,
+        keep_dtype=loader.keep_dtype if loader else rule,
+        strict=True,
+        device=device,
+        progress=progress,
+        interrupt=interrupt,
+    )
     if loader is not None:
         loader.flush()
     model.compute_dtype = dtype
@@ -85,8 +94,11 @@ def transformer_checkpoint(source) -> tuple[dict, list[Path], Callable[[str], st
             on_disk = json.loads((path / "config.json").read_text(encoding="utf-8"))
         except ValueError as error:
             raise CheckpointError(f"{path / 'config.json'} is not valid JSON ({error}). Re-download it.") from None
-    conflicts = [f"{k}: config.json says {on_disk[k]!r}, the weights say {v!r}"
-                 for k, v in inferred.config.items() if k in on_disk and on_disk[k] != v]
+    conflicts = [
+        f"{k}: config.json says {on_disk[k]!r}, the weights say {v!r}"
+        for k, v in inferred.config.items()
+        if k in on_disk and on_disk[k] != v
+    ]
     if conflicts:
         raise CheckpointError(f"{path / 'config.json'} contradicts the weights in {path}:\n  " + "\n  ".join(conflicts))
     config.update(on_disk)

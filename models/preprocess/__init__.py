@@ -45,10 +45,25 @@ from .weights import (
 )
 
 __all__ = [
-    "ANNOTATORS_REPO", "AUX_CKPTS_ENV", "CONTROLNET_AUX_REQUIREMENT", "METHODS", "WEIGHT_FILES",
-    "ControlDependencyError", "Interrupt", "MissingWeightsError", "Progress", "annotator_search_dirs", "canny_maps",
-    "frames_to_uint8", "maps_to_frames", "normalize_depth_clip", "preprocess", "refuse_pickled_code",
-    "resolve_weights", "weight_locations", "weight_url",
+    "ANNOTATORS_REPO",
+    "AUX_CKPTS_ENV",
+    "CONTROLNET_AUX_REQUIREMENT",
+    "METHODS",
+    "WEIGHT_FILES",
+    "ControlDependencyError",
+    "Interrupt",
+    "MissingWeightsError",
+    "Progress",
+    "annotator_search_dirs",
+    "canny_maps",
+    "frames_to_uint8",
+    "maps_to_frames",
+    "normalize_depth_clip",
+    "preprocess",
+    "refuse_pickled_code",
+    "resolve_weights",
+    "weight_locations",
+    "weight_url",
 ]
 
 

@@ -23,7 +23,6 @@ class ControlDependencyError(ImportError):
     """controlnet-aux (or one of its requirements) is not importable."""
 
 
-
 def _run_network(
     method: str,
     weight_paths: dict[str, Path],
@@ -184,8 +183,15 @@ def _midas_raw_depth(model: torch.nn.Module, frame: np.ndarray, resolution: int,
     return model(pixels)[0].float().cpu().numpy()
 
 
-def run_annotator(method: str, weight_paths: dict[str, Path], rgb: np.ndarray, device: torch.device,
-                  progress: Progress | None, interrupt: Interrupt | None, **params) -> list[np.ndarray]:
+def run_annotator(
+    method: str,
+    weight_paths: dict[str, Path],
+    rgb: np.ndarray,
+    device: torch.device,
+    progress: Progress | None,
+    interrupt: Interrupt | None,
+    **params,
+) -> list[np.ndarray]:
     """Per-frame maps of a network method; whatever happens, the network leaves the GPU and memory is collected."""
     _import_controlnet_aux()
     try:

@@ -10,6 +10,7 @@ import torch
 Progress = Callable[[int, int], None]
 Interrupt = Callable[[], None]
 
+
 def frames_to_uint8(frames: torch.Tensor) -> np.ndarray:
     """ComfyUI IMAGE [T, H, W, 3] float 0..1 -> numpy uint8 [T, H, W, 3] (RGB)."""
     if not isinstance(frames, torch.Tensor) or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:

@@ -43,7 +43,7 @@ def _point(point) -> tuple[float, float]:
         return float(point["x"]), float(point["y"])
     if isinstance(point, (list, tuple)) and len(point) == 2 and all(_is_number(v) for v in point):
         return float(point[0]), float(point[1])
-    raise ValueError(f"a track point must be {{\"x\": .., \"y\": ..}} or [x, y]; got {point!r}")
+    raise ValueError(f'a track point must be {{"x": .., "y": ..}} or [x, y]; got {point!r}')
 
 
 def resample_track(track: list[tuple[float, float]], frames: int) -> list[tuple[int, int]]:

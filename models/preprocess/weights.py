@@ -29,10 +29,8 @@ class MissingWeightsError(FileNotFoundError):
     """A network method's weight file is not in any searched folder."""
 
 
-
 def weight_url(filename: str) -> str:
     return f"https://huggingface.co/{ANNOTATORS_REPO}/resolve/main/{filename}"
-
 
 
 def annotator_search_dirs(annotator_dirs: Iterable[Path], comfy_root: Path | None = None) -> list[Path]:

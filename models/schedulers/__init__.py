@@ -83,7 +83,20 @@ _SAMPLER_CLASSES: dict[str, type[Sampler]] = {
 }
 
 __all__ = [
-    "DEFAULT_SCHEDULER", "FLOW_MU", "SCHEDULERS_BY_VERSION", "DDIMSampler", "DPMSolverSampler", "EulerAncestralSampler",
-    "EulerSampler", "FlowDPMSolverSampler", "FlowEulerSampler", "FlowUniPCSampler", "PNDMSampler", "Sampler",
-    "UniPCSampler", "make_scheduler", "randn", "released_scheduler_config",
+    "DEFAULT_SCHEDULER",
+    "FLOW_MU",
+    "SCHEDULERS_BY_VERSION",
+    "DDIMSampler",
+    "DPMSolverSampler",
+    "EulerAncestralSampler",
+    "EulerSampler",
+    "FlowDPMSolverSampler",
+    "FlowEulerSampler",
+    "FlowUniPCSampler",
+    "PNDMSampler",
+    "Sampler",
+    "UniPCSampler",
+    "make_scheduler",
+    "randn",
+    "released_scheduler_config",
 ]

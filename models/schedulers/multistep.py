@@ -226,9 +226,7 @@ class UniPCSampler(_MultistepSampler):
         return alpha_t, sigma_t, sigma_s0, h_phi_1, b_h, torch.stack(rows), torch.stack(rhs), d1s
 
     def _predict(self, k, sample, order):
-        alpha_t, sigma_t, sigma_s0, h_phi_1, b_h, rows, rhs, d1s = self._coefficients(
-            k + 1, k, order, lambda j: k - j
-        )
+        alpha_t, sigma_t, sigma_s0, h_phi_1, b_h, rows, rhs, d1s = self._coefficients(k + 1, k, order, lambda j: k - j)
         m0 = self.model_outputs[-1]
         x_t = sigma_t / sigma_s0 * sample - alpha_t * h_phi_1 * m0
         if d1s:

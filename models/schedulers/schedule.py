@@ -12,6 +12,7 @@ import torch
 # e ≈ 2.718 at every resolution; the configured `shift: 3.0` is ignored — docs/faithfulness.md, schedulers.
 FLOW_MU = 1.0
 
+
 def randn(
     shape: Sequence[int],
     generator: torch.Generator | None,

@@ -39,10 +39,12 @@ def causal_conv(conv: nn.Conv3d, x: torch.Tensor, state: CausalState) -> torch.T
     padded = torch.cat([history, x], dim=2)
     windows = max(0, (padded.shape[2] - reach - 1) // stride + 1)
     # keep the frames the next window starts from (2 frames for stride 1; 1 for a stride-2 conv after a full window)
-    state.conv_history[conv] = padded[:, :, windows * stride:].clone()
+    state.conv_history[conv] = padded[:, :, windows * stride :].clone()
     if windows == 0:
-        raise VAEInputError("internal: a temporal chunk is too short for a strided causal conv; chunk sizes must be "
-                            "multiples of the VAE's temporal ratio")
+        raise VAEInputError(
+            "internal: a temporal chunk is too short for a strided causal conv; chunk sizes must be "
+            "multiples of the VAE's temporal ratio"
+        )
     return conv(padded)
 
 
@@ -57,11 +59,13 @@ def frame_group_norm(norm: nn.GroupNorm, x: torch.Tensor, silu: bool) -> torch.T
     return rearrange(frames, "(b t) c h w -> b c t h w", b=batch)
 
 
-def _causal_conv3d(ops, in_channels: int, out_channels: int, stride: tuple[int, int, int] = (1, 1, 1),
-                   spatial_padding: int = 1) -> nn.Conv3d:
+def _causal_conv3d(
+    ops, in_channels: int, out_channels: int, stride: tuple[int, int, int] = (1, 1, 1), spatial_padding: int = 1
+) -> nn.Conv3d:
     # temporal padding is never done by the conv itself: causal_conv prepends history / replicated frames
-    return ops.Conv3d(in_channels, out_channels, kernel_size=3, stride=stride,
-                      padding=(0, spatial_padding, spatial_padding))
+    return ops.Conv3d(
+        in_channels, out_channels, kernel_size=3, stride=stride, padding=(0, spatial_padding, spatial_padding)
+    )
 
 
 class ResnetBlock(nn.Module):
@@ -138,8 +142,10 @@ class SpatialSelfAttention(nn.Module):
         batch, _, _, height, _ = x.shape
         frames = rearrange(x, "b c t h w -> (b t) c (h w)")
         tokens = rearrange(self.group_norm(frames), "n c s -> n s c")
-        q, k, v = (rearrange(proj(tokens), "n s (heads d) -> n heads s d", heads=self.heads)
-                   for proj in (self.to_q, self.to_k, self.to_v))
+        q, k, v = (
+            rearrange(proj(tokens), "n s (heads d) -> n heads s d", heads=self.heads)
+            for proj in (self.to_q, self.to_k, self.to_v)
+        )
         attended = rearrange(F.scaled_dot_product_attention(q, k, v), "n heads s d -> n s (heads d)")
         out = self.to_out(attended) + rearrange(frames, "n c s -> n s c")
         return rearrange(out, "(b t) (h w) c -> b c t h w", b=batch, h=height)
@@ -154,7 +160,8 @@ class MidBlock(nn.Module):
         self.convs = nn.ModuleList(ResnetBlock(channels, channels, groups, ops) for _ in range(layers))
         if attention_heads:
             self.attentions = nn.ModuleList(
-                SpatialSelfAttention(channels, attention_heads, groups, ops) for _ in range(layers - 1))
+                SpatialSelfAttention(channels, attention_heads, groups, ops) for _ in range(layers - 1)
+            )
         else:
             self.attentions = None
 
@@ -177,12 +184,14 @@ class _ResnetStage(nn.Module):
     resampler_class: type
     spatiotemporal_kind: str
 
-    def __init__(self, in_channels: int, out_channels: int, layers: int, groups: int, kind: str, final: bool,
-                 ops=None) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, layers: int, groups: int, kind: str, final: bool, ops=None
+    ) -> None:
         super().__init__()
         ops = default_ops.resolve(ops)
         self.convs = nn.ModuleList(
-            ResnetBlock(in_channels if i == 0 else out_channels, out_channels, groups, ops) for i in range(layers))
+            ResnetBlock(in_channels if i == 0 else out_channels, out_channels, groups, ops) for i in range(layers)
+        )
         temporal = kind == self.spatiotemporal_kind
         setattr(self, self.resampler_name, None if final else self.resampler_class(out_channels, temporal, ops))
 
@@ -211,9 +220,17 @@ class Encoder(nn.Module):
         heads = config.mid_block_num_attention_heads if config.mid_block_use_attention else None
         self.conv_in = _causal_conv3d(ops, config.in_channels, widths[0])
         self.down_blocks = nn.ModuleList(
-            DownBlock(widths[max(i - 1, 0)], widths[i], config.layers_per_block, groups, kind,
-                      final=i == len(widths) - 1, ops=ops)
-            for i, kind in enumerate(config.down_block_types))
+            DownBlock(
+                widths[max(i - 1, 0)],
+                widths[i],
+                config.layers_per_block,
+                groups,
+                kind,
+                final=i == len(widths) - 1,
+                ops=ops,
+            )
+            for i, kind in enumerate(config.down_block_types)
+        )
         self.mid_block = MidBlock(widths[-1], config.layers_per_block, groups, heads, ops)
         self.conv_norm_out = ops.GroupNorm(groups, widths[-1], eps=NORM_EPS)
         self.conv_out = _causal_conv3d(ops, widths[-1], 2 * config.latent_channels)
@@ -238,9 +255,17 @@ class Decoder(nn.Module):
         self.conv_in = _causal_conv3d(ops, config.latent_channels, widths[0])
         self.mid_block = MidBlock(widths[0], config.layers_per_block, groups, heads, ops)
         self.up_blocks = nn.ModuleList(
-            UpBlock(widths[max(i - 1, 0)], widths[i], config.layers_per_block + 1, groups, kind,
-                    final=i == len(widths) - 1, ops=ops)
-            for i, kind in enumerate(config.up_block_types))
+            UpBlock(
+                widths[max(i - 1, 0)],
+                widths[i],
+                config.layers_per_block + 1,
+                groups,
+                kind,
+                final=i == len(widths) - 1,
+                ops=ops,
+            )
+            for i, kind in enumerate(config.up_block_types)
+        )
         self.conv_norm_out = ops.GroupNorm(groups, widths[-1], eps=NORM_EPS)
         self.conv_out = _causal_conv3d(ops, widths[-1], config.out_channels)
 
@@ -250,4 +275,3 @@ class Decoder(nn.Module):
         for block in self.up_blocks:
             x = block(x, state)
         return causal_conv(self.conv_out, frame_group_norm(self.conv_norm_out, x, silu=True), state)
-

@@ -45,14 +45,22 @@ class VAE(nn.Module):
         dtype = self.compute_dtype or weight.dtype
         return torch.device(device) if device is not None else weight.device, dtype
 
-    def _choose_tile(self, tile_size: int | None, tile_overlap: int | None, memory_budget: int | None,
-                     height: int, width: int, batch: int, element_size: int, direction: str,
-                     chunk_frames: int | None) -> tuple[int | None, int]:
+    def _choose_tile(
+        self,
+        tile_size: int | None,
+        tile_overlap: int | None,
+        memory_budget: int | None,
+        height: int,
+        width: int,
+        batch: int,
+        element_size: int,
+        direction: str,
+        chunk_frames: int | None,
+    ) -> tuple[int | None, int]:
         """(tile edge, overlap) in latent pixels; tile None = no tiling."""
         ratio = self.config.spatial_ratio
         if tile_size is None and memory_budget is not None:
-            tile_size = self.auto_tile_size(height, width, memory_budget, batch, element_size, direction,
-                                            chunk_frames)
+            tile_size = self.auto_tile_size(height, width, memory_budget, batch, element_size, direction, chunk_frames)
         if tile_size is None:
             return None, 0
         tile_latent = tile_size // ratio
@@ -64,14 +72,23 @@ class VAE(nn.Module):
             raise ValueError(f"tile_overlap {overlap} px must be >= 0 and smaller than tile_size {tile_size} px")
         return tile_latent, overlap_latent
 
-    def auto_tile_size(self, height: int, width: int, memory_budget: int, batch: int = 1, element_size: int = 4,
-                       direction: Literal["decode", "encode"] = "decode", chunk_frames: int | None = None
-                       ) -> int | None:
+    def auto_tile_size(
+        self,
+        height: int,
+        width: int,
+        memory_budget: int,
+        batch: int = 1,
+        element_size: int = 4,
+        direction: Literal["decode", "encode"] = "decode",
+        chunk_frames: int | None = None,
+    ) -> int | None:
         """Largest square tile (pixels, in steps of 8 latent pixels) whose estimated working memory fits
         `memory_budget` bytes; None when the whole frame fits (no tiling). Never below 16 latent pixels."""
+
         def fits(h: int, w: int) -> bool:
-            return estimate_working_bytes(self.config, h, w, batch, element_size, direction,
-                                          chunk_frames) <= memory_budget
+            return (
+                estimate_working_bytes(self.config, h, w, batch, element_size, direction, chunk_frames) <= memory_budget
+            )
 
         if fits(height, width):
             return None
@@ -84,10 +101,19 @@ class VAE(nn.Module):
     # -- encode ----------------------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def encode(self, video: torch.Tensor, *, tile_size: int | None = None, tile_overlap: int | None = None,
-               memory_budget: int | None = None, chunk_frames: int | Literal["whole"] | None = None,
-               device: torch.device | str | None = None, out_dtype: torch.dtype = torch.float32,
-               progress: Progress | None = None, interrupt: Interrupt | None = None) -> torch.Tensor:
+    def encode(
+        self,
+        video: torch.Tensor,
+        *,
+        tile_size: int | None = None,
+        tile_overlap: int | None = None,
+        memory_budget: int | None = None,
+        chunk_frames: int | Literal["whole"] | None = None,
+        device: torch.device | str | None = None,
+        out_dtype: torch.dtype = torch.float32,
+        progress: Progress | None = None,
+        interrupt: Interrupt | None = None,
+    ) -> torch.Tensor:
         """Video [B, 3, T, H, W] in [-1, 1] (T = 1 or 4k+1, H and W multiples of 8) -> latents
         [B, 16, 1+k, H/8, W/8] = posterior mode x scaling_factor (docs/faithfulness.md, VAE), in `out_dtype` on the
         video's device.
@@ -99,17 +125,23 @@ class VAE(nn.Module):
         `interrupt()` runs before and `progress(done, total)` after every chunk of every tile."""
         config = self.config
         if video.ndim != 5:
-            raise VAEInputError(f"encode expects a video tensor [batch, channels, frames, height, width]; got shape "
-                                f"{tuple(video.shape)}")
+            raise VAEInputError(
+                f"encode expects a video tensor [batch, channels, frames, height, width]; got shape "
+                f"{tuple(video.shape)}"
+            )
         batch, channels, frames, height, width = video.shape
         if channels != config.in_channels:
-            raise VAEInputError(f"encode expects {config.in_channels} (RGB) channels in dim 1 of [B, C, T, H, W]; "
-                                f"got {channels} (shape {tuple(video.shape)})")
+            raise VAEInputError(
+                f"encode expects {config.in_channels} (RGB) channels in dim 1 of [B, C, T, H, W]; "
+                f"got {channels} (shape {tuple(video.shape)})"
+            )
         latent_frames = latent_frame_count(frames, config.temporal_ratio)
         ratio = config.spatial_ratio
         if height % ratio or width % ratio:
-            raise VAEInputError(f"encode needs height and width divisible by {ratio}; got {height}x{width}. Resize "
-                                f"or crop to e.g. {height // ratio * ratio}x{width // ratio * ratio}.")
+            raise VAEInputError(
+                f"encode needs height and width divisible by {ratio}; got {height}x{width}. Resize "
+                f"or crop to e.g. {height // ratio * ratio}x{width // ratio * ratio}."
+            )
         if chunk_frames == "whole":
             chunks = [(0, frames)]
         else:
@@ -119,12 +151,27 @@ class VAE(nn.Module):
             chunks = [(0, 1)] + [(t, min(t + step, frames)) for t in range(1, frames, step)]
         compute_device, dtype = self._compute_placement(device)
         tile_latent, overlap_latent = self._choose_tile(
-            tile_size, tile_overlap, memory_budget, height, width, batch, dtype.itemsize, "encode",
-            None if chunk_frames == "whole" else chunk_frames)
+            tile_size,
+            tile_overlap,
+            memory_budget,
+            height,
+            width,
+            batch,
+            dtype.itemsize,
+            "encode",
+            None if chunk_frames == "whole" else chunk_frames,
+        )
         tiles = plan_tiles(height // ratio, width // ratio, tile_latent, overlap_latent, out_scale=1)
 
-        out = torch.zeros(batch, config.latent_channels, latent_frames, height // ratio, width // ratio,
-                          dtype=out_dtype, device=video.device)
+        out = torch.zeros(
+            batch,
+            config.latent_channels,
+            latent_frames,
+            height // ratio,
+            width // ratio,
+            dtype=out_dtype,
+            device=video.device,
+        )
         total, done = len(tiles) * len(chunks), 0
         for tile in tiles:
             state = CausalState()
@@ -132,10 +179,10 @@ class VAE(nn.Module):
             for t0, t1 in chunks:
                 if interrupt is not None:
                     interrupt()
-                x = video[:, :, t0:t1, tile.y0 * ratio:tile.y1 * ratio, tile.x0 * ratio:tile.x1 * ratio]
+                x = video[:, :, t0:t1, tile.y0 * ratio : tile.y1 * ratio, tile.x0 * ratio : tile.x1 * ratio]
                 x = x.to(device=compute_device, dtype=dtype)
-                mean = self.quant_conv(self.encoder(x, state))[:, :config.latent_channels]  # posterior mode
-                target = out[:, :, latent_t:latent_t + mean.shape[2], tile.y0:tile.y1, tile.x0:tile.x1]
+                mean = self.quant_conv(self.encoder(x, state))[:, : config.latent_channels]  # posterior mode
+                target = out[:, :, latent_t : latent_t + mean.shape[2], tile.y0 : tile.y1, tile.x0 : tile.x1]
                 mean = mean.to(device=out.device, dtype=out_dtype)
                 if tile.weight is None:
                     target.copy_(mean)
@@ -151,11 +198,20 @@ class VAE(nn.Module):
     # -- decode ----------------------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor, *, tile_size: int | None = None, tile_overlap: int | None = None,
-               memory_budget: int | None = None, chunk_frames: int | Literal["whole"] | None = None,
-               device: torch.device | str | None = None, out_dtype: torch.dtype = torch.float32,
-               postprocess: bool = True, progress: Progress | None = None,
-               interrupt: Interrupt | None = None) -> torch.Tensor:
+    def decode(
+        self,
+        latents: torch.Tensor,
+        *,
+        tile_size: int | None = None,
+        tile_overlap: int | None = None,
+        memory_budget: int | None = None,
+        chunk_frames: int | Literal["whole"] | None = None,
+        device: torch.device | str | None = None,
+        out_dtype: torch.dtype = torch.float32,
+        postprocess: bool = True,
+        progress: Progress | None = None,
+        interrupt: Interrupt | None = None,
+    ) -> torch.Tensor:
         """Latents [B, 16, 1+k, h, w] (scaled, as `encode` returns) -> video [B, 3, 4k+1, 8h, 8w] in [0, 1], i.e.
         `(decoder(latents / scaling_factor).clamp(-1, 1) + 1) / 2` (docs/faithfulness.md, VAE), in `out_dtype` on the
         latents' device. postprocess=False returns the raw decoder output instead (about [-1, 1], unclamped).
@@ -167,12 +223,15 @@ class VAE(nn.Module):
         `interrupt()` runs before and `progress(done, total)` after every chunk of every tile."""
         config = self.config
         if latents.ndim != 5:
-            raise VAEInputError(f"decode expects latents [batch, channels, frames, height, width]; got shape "
-                                f"{tuple(latents.shape)}")
+            raise VAEInputError(
+                f"decode expects latents [batch, channels, frames, height, width]; got shape {tuple(latents.shape)}"
+            )
         batch, channels, latent_frames, latent_height, latent_width = latents.shape
         if channels != config.latent_channels:
-            raise VAEInputError(f"decode expects {config.latent_channels} latent channels in dim 1 of "
-                                f"[B, C, T, H, W]; got {channels} (shape {tuple(latents.shape)})")
+            raise VAEInputError(
+                f"decode expects {config.latent_channels} latent channels in dim 1 of "
+                f"[B, C, T, H, W]; got {channels} (shape {tuple(latents.shape)})"
+            )
         if latent_frames < 1:
             raise VAEInputError("decode got latents with 0 frames; at least 1 latent frame is needed")
         if chunk_frames == "whole":
@@ -187,8 +246,16 @@ class VAE(nn.Module):
         height, width = latent_height * ratio, latent_width * ratio
         compute_device, dtype = self._compute_placement(device)
         tile_latent, overlap_latent = self._choose_tile(
-            tile_size, tile_overlap, memory_budget, height, width, batch, dtype.itemsize, "decode",
-            None if chunk_frames == "whole" else chunk_frames)
+            tile_size,
+            tile_overlap,
+            memory_budget,
+            height,
+            width,
+            batch,
+            dtype.itemsize,
+            "decode",
+            None if chunk_frames == "whole" else chunk_frames,
+        )
         tiles = plan_tiles(latent_height, latent_width, tile_latent, overlap_latent, out_scale=ratio)
 
         out = torch.empty if len(tiles) == 1 else torch.zeros
@@ -201,11 +268,16 @@ class VAE(nn.Module):
             for t0, t1 in chunks:
                 if interrupt is not None:
                     interrupt()
-                z = latents[:, :, t0:t1, tile.y0:tile.y1, tile.x0:tile.x1]
+                z = latents[:, :, t0:t1, tile.y0 : tile.y1, tile.x0 : tile.x1]
                 z = z.to(device=compute_device, dtype=dtype) / config.scaling_factor
                 decoded = self.decoder(self.post_quant_conv(z), state).to(device=video.device, dtype=out_dtype)
-                target = video[:, :, pixel_t:pixel_t + decoded.shape[2],
-                               tile.y0 * ratio:tile.y1 * ratio, tile.x0 * ratio:tile.x1 * ratio]
+                target = video[
+                    :,
+                    :,
+                    pixel_t : pixel_t + decoded.shape[2],
+                    tile.y0 * ratio : tile.y1 * ratio,
+                    tile.x0 * ratio : tile.x1 * ratio,
+                ]
                 if weight is None:
                     target.copy_(decoded)
                 else:
@@ -218,4 +290,3 @@ class VAE(nn.Module):
         if postprocess:
             video.clamp_(-1.0, 1.0).add_(1.0).mul_(0.5)
         return video
-

@@ -68,8 +68,10 @@ class VAEConfig:
         equal here. Anything that would change the network beyond what the releases use is refused."""
 
         def refuse(what: str) -> VAEConfigError:
-            return VAEConfigError(f"{source}: {what}. This loader builds the EasyAnimate V5/V5.1 VAE "
-                                  "(AutoencoderKLMagvit) as released; use the vae/config.json shipped with the model.")
+            return VAEConfigError(
+                f"{source}: {what}. This loader builds the EasyAnimate V5/V5.1 VAE "
+                "(AutoencoderKLMagvit) as released; use the vae/config.json shipped with the model."
+            )
 
         if raw.get("_class_name", "AutoencoderKLMagvit") != "AutoencoderKLMagvit":
             raise refuse(f"_class_name is {raw['_class_name']!r}, expected 'AutoencoderKLMagvit'")
@@ -80,8 +82,9 @@ class VAEConfig:
             raise refuse("use_gc_blocks is set; no released VAE uses global-context blocks")
         attention = raw.get("mid_block_use_attention")
         if attention and raw.get("mid_block_attention_type", "spatial") != "spatial":
-            raise refuse(f"mid_block_attention_type is {raw['mid_block_attention_type']!r}, only 'spatial' is "
-                         "supported")
+            raise refuse(
+                f"mid_block_attention_type is {raw['mid_block_attention_type']!r}, only 'spatial' is supported"
+            )
         block_out = raw.get("block_out_channels")
         if block_out is None and "ch" in raw and "ch_mult" in raw:
             block_out = [raw["ch"] * mult for mult in raw["ch_mult"]]
@@ -107,30 +110,40 @@ class VAEConfig:
     def validate(self, source: str = "config") -> None:
         levels = len(self.block_out_channels)
         if levels < 2 or len(self.down_block_types) != levels or len(self.up_block_types) != levels:
-            raise VAEConfigError(f"{source}: block_out_channels, down_block_types and up_block_types must have the "
-                                 f"same length (>= 2); got {levels}, {len(self.down_block_types)}, "
-                                 f"{len(self.up_block_types)}")
+            raise VAEConfigError(
+                f"{source}: block_out_channels, down_block_types and up_block_types must have the "
+                f"same length (>= 2); got {levels}, {len(self.down_block_types)}, "
+                f"{len(self.up_block_types)}"
+            )
         for kind in self.down_block_types:
             if kind not in (SPATIAL_DOWN, SPATIOTEMPORAL_DOWN):
-                raise VAEConfigError(f"{source}: down block type {kind!r} is not supported; expected "
-                                     f"{SPATIAL_DOWN!r} or {SPATIOTEMPORAL_DOWN!r}")
+                raise VAEConfigError(
+                    f"{source}: down block type {kind!r} is not supported; expected "
+                    f"{SPATIAL_DOWN!r} or {SPATIOTEMPORAL_DOWN!r}"
+                )
         for kind in self.up_block_types:
             if kind not in (SPATIAL_UP, SPATIOTEMPORAL_UP):
-                raise VAEConfigError(f"{source}: up block type {kind!r} is not supported; expected "
-                                     f"{SPATIAL_UP!r} or {SPATIOTEMPORAL_UP!r}")
+                raise VAEConfigError(
+                    f"{source}: up block type {kind!r} is not supported; expected "
+                    f"{SPATIAL_UP!r} or {SPATIOTEMPORAL_UP!r}"
+                )
         for channels in self.block_out_channels:
             if channels % self.norm_num_groups:
-                raise VAEConfigError(f"{source}: norm_num_groups {self.norm_num_groups} does not divide block width "
-                                     f"{channels} (block_out_channels {list(self.block_out_channels)})")
+                raise VAEConfigError(
+                    f"{source}: norm_num_groups {self.norm_num_groups} does not divide block width "
+                    f"{channels} (block_out_channels {list(self.block_out_channels)})"
+                )
         if self.layers_per_block < 1:
             raise VAEConfigError(f"{source}: layers_per_block must be >= 1, got {self.layers_per_block}")
         heads = self.mid_block_num_attention_heads
         if self.mid_block_use_attention and (heads < 1 or self.block_out_channels[-1] % heads):
-            raise VAEConfigError(f"{source}: mid_block_num_attention_heads {heads} does not divide "
-                                 f"{self.block_out_channels[-1]}")
+            raise VAEConfigError(
+                f"{source}: mid_block_num_attention_heads {heads} does not divide {self.block_out_channels[-1]}"
+            )
         if self.mini_batch_encoder < 1 or self.mini_batch_encoder % self.temporal_ratio:
-            raise VAEConfigError(f"{source}: mini_batch_encoder must be a positive multiple of the temporal ratio "
-                                 f"{self.temporal_ratio}, got {self.mini_batch_encoder}")
+            raise VAEConfigError(
+                f"{source}: mini_batch_encoder must be a positive multiple of the temporal ratio "
+                f"{self.temporal_ratio}, got {self.mini_batch_encoder}"
+            )
         if self.mini_batch_decoder < 1:
             raise VAEConfigError(f"{source}: mini_batch_decoder must be >= 1, got {self.mini_batch_decoder}")
-

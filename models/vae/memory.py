@@ -24,8 +24,15 @@ def smallest_tile_working_bytes(config: VAEConfig, height: int, width: int, elem
     return estimate_working_bytes(config, min(height, tile), min(width, tile), 1, element_size, "decode")
 
 
-def estimate_working_bytes(config: VAEConfig, height: int, width: int, batch: int = 1, element_size: int = 4,
-                           direction: Literal["decode", "encode"] = "decode", chunk_frames: int | None = None) -> int:
+def estimate_working_bytes(
+    config: VAEConfig,
+    height: int,
+    width: int,
+    batch: int = 1,
+    element_size: int = 4,
+    direction: Literal["decode", "encode"] = "decode",
+    chunk_frames: int | None = None,
+) -> int:
     """Rough peak working memory (bytes) of one chunk over a height x width pixel tile, used to pick a tile size from
     a budget. Decode: the last up block sees block_out_channels[1] channels at full resolution over 4*chunk pixel
     frames plus 2 history frames; encode: block_out_channels[0] channels over chunk + 2 frames."""
@@ -38,4 +45,3 @@ def estimate_working_bytes(config: VAEConfig, height: int, width: int, batch: in
         channels = config.block_out_channels[0]
         factor = ENCODE_MEMORY_FACTOR
     return int(factor * batch * channels * frames * height * width * element_size)
-

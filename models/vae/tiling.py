@@ -24,7 +24,8 @@ def latent_frame_count(pixel_frames: int, temporal_ratio: int = 4) -> int:
         raise VAEInputError(
             f"the video has {pixel_frames} frames, but the EasyAnimate VAE takes 1 or {temporal_ratio}k+1 frames "
             f"(1, {1 + temporal_ratio}, {1 + 2 * temporal_ratio}, ..., 49); the nearest valid counts are {nearest}. "
-            "Trim or pad the clip to one of them.")
+            "Trim or pad the clip to one of them."
+        )
     return 1 + (pixel_frames - 1) // temporal_ratio
 
 
@@ -77,8 +78,9 @@ class Tile:
     weight: torch.Tensor | None  # [H_out, W_out] float32; None when there is a single tile
 
 
-def plan_tiles(latent_height: int, latent_width: int, tile_latent: int | None, overlap_latent: int,
-               out_scale: int) -> list[Tile]:
+def plan_tiles(
+    latent_height: int, latent_width: int, tile_latent: int | None, overlap_latent: int, out_scale: int
+) -> list[Tile]:
     """Tiles over a latent grid; blend weights live in output units (`out_scale` = 8 for decode, 1 for encode)."""
     if tile_latent is None or (latent_height <= tile_latent and latent_width <= tile_latent):
         return [Tile(0, latent_height, 0, latent_width, None)]
@@ -88,10 +90,10 @@ def plan_tiles(latent_height: int, latent_width: int, tile_latent: int | None, o
     total = torch.zeros(latent_height * out_scale, latent_width * out_scale, dtype=torch.float64)
     for (y0, y1), wy in zip(rows, row_ramps):
         for (x0, x1), wx in zip(cols, col_ramps):
-            total[y0 * out_scale:y1 * out_scale, x0 * out_scale:x1 * out_scale] += wy[:, None] * wx[None, :]
+            total[y0 * out_scale : y1 * out_scale, x0 * out_scale : x1 * out_scale] += wy[:, None] * wx[None, :]
     tiles = []
     for (y0, y1), wy in zip(rows, row_ramps):
         for (x0, x1), wx in zip(cols, col_ramps):
-            local = total[y0 * out_scale:y1 * out_scale, x0 * out_scale:x1 * out_scale]
+            local = total[y0 * out_scale : y1 * out_scale, x0 * out_scale : x1 * out_scale]
             tiles.append(Tile(y0, y1, x0, x1, (wy[:, None] * wx[None, :] / local).float()))
     return tiles

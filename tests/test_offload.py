@@ -140,3 +140,34 @@ def test_placement_pins_through_one_arena_shared_by_the_blocks(tiny_root):
     assert len(sizes) == len(arena.chunks) and arena.allocated_bytes < weights + arena.chunk_bytes + 512 * len(after)
     chunk_storages = {c.untyped_storage().data_ptr() for c, _ in arena.chunks}
     assert all(p.untyped_storage().data_ptr() in chunk_storages for p in after)  # the parameters ARE arena pieces
+
+
+# -- every tensor a forward needs reaches the device ----------------------------------------------------------------
+# The meta device stands in for a GPU: a weight or LoRA tensor that offload left at home (on the CPU) meets a meta
+# input and raises MisplacedWeightError, exactly as it would on CUDA, where it used to become a silent per-call copy.
+
+
+@pytest.mark.parametrize("lora", [None, "delta", "merged"])
+@pytest.mark.parametrize("storage", [None, torch.float8_e4m3fn], ids=["fp32", "fp8"])
+@pytest.mark.parametrize("mode", ["model_cpu_offload", "sequential"])
+def test_offload_puts_every_tensor_of_the_forward_on_the_device(tiny_root, tmp_path, mode, storage, lora):
+    from tiny_loras import make_lora
+
+    from models.lora import load_lora_file, loras_attached
+
+    model = _load(tiny_root, storage)
+    lora_file = make_lora(tiny_root / MODEL, "kohya", seed=3).save(tmp_path / "lora.safetensors")
+    stack = [(load_lora_file(lora_file), 0.8)] if lora else []
+    meta = torch.device("meta")
+    latents = torch.empty(2, model.params.in_channels, 2, 8, 8, device=meta)
+    timestep = torch.full((2,), 500.0, device=meta)
+    text = torch.empty(2, 8, model.params.text_embed_dim, device=meta)
+    # in the sampler's order (models/lora.py LoraModel.placement): LoRAs attached first, then placed
+    with loras_attached(model, stack, merge=lora == "merged", log=lambda line: None):
+        placement = (
+            on_device(model, meta, pin_memory=False) if mode == "model_cpu_offload" else BlockSwap(model, meta, 1)
+        )
+        with placement, torch.inference_mode():
+            out = model(latents, timestep, text)
+    assert out.device == meta and out.shape == latents.shape
+    assert all(t.device.type == "cpu" for t in (*model.parameters(), *model.buffers()))  # home again afterwards

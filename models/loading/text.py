@@ -266,8 +266,14 @@ def _load_qwen(files: StreamFiles, dtype, storage_dtype, device) -> nn.Module:
     with torch.device("meta"):
         model = Qwen2VLTextModel(text_config)
     model.norm = nn.Identity()
-    with torch.device(device):  # the RoPE frequencies, which a meta build leaves empty; no parameters
-        model.rotary_emb = type(model.rotary_emb)(config=text_config)
+    # The RoPE frequencies, which a meta build leaves empty (no parameters): the model's rotary module, and on
+    # transformers 4.x also the unused copy each attention layer still builds.
+    rotary = type(model.rotary_emb)
+    with torch.device(device):
+        for name, module in list(model.named_modules()):
+            if isinstance(module, rotary):
+                owner, _, attr = name.rpartition(".")
+                setattr(model.get_submodule(owner) if owner else model, attr, rotary(config=text_config))
     fp8_layers = _fp8_linears(model, "layers.") if storage_dtype is not None else []
     return _stream_in(model, files, _qwen_checkpoint_to_text_model, dtype, storage_dtype, fp8_layers, device)
 

@@ -19,8 +19,10 @@ for _path in (REPO_ROOT, REPO_ROOT / "tests", REPO_ROOT / "tools"):
 BIG_WIDTH = {"num_attention_heads": 16, "attention_head_dim": 64, "num_layers": 4, "mmdit_layers": 4}
 
 
-def write_big_model(dest: Path, name: str = "big-EasyAnimateV5.1-12b-zh", seed: int = 0) -> Path:
-    """Write the model folder `dest/name` (once) and return it."""
+def write_big_model(
+    dest: Path, name: str = "big-EasyAnimateV5.1-12b-zh", seed: int = 0, width: dict = BIG_WIDTH
+) -> Path:
+    """Write the model folder `dest/name` (once) and return it; `width` overrides the tiny transformer config."""
     from safetensors.torch import save_file
     from tiny_checkpoints import tiny_model_dir
 
@@ -32,7 +34,7 @@ def write_big_model(dest: Path, name: str = "big-EasyAnimateV5.1-12b-zh", seed: 
     source = tiny_model_dir("EasyAnimateV5.1-12b-zh")
     shutil.copytree(source, folder, ignore=shutil.ignore_patterns("transformer"))
     config = json.loads((source / "transformer" / "config.json").read_text())
-    config.update(BIG_WIDTH)
+    config.update(width)
     (folder / "transformer").mkdir()
     (folder / "transformer" / "config.json").write_text(json.dumps(config, indent=2))
     with torch.device("meta"):

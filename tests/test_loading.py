@@ -146,7 +146,7 @@ def test_text_encoder_fp8_storage_comes_from_the_ops_linear_without_patching_nn_
 def test_the_loader_node_reaches_text_encoder_fp8_storage(pack, tiny_root, monkeypatch):
     loader = pack.nodes.loaders
     spec = loader.EasyAnimateModelLoader.INPUT_TYPES()["optional"]["text_encoder_storage"]
-    assert spec[0] == loader.WEIGHT_STORAGE and spec[1]["default"] == loader.WEIGHT_STORAGE[0]
+    assert spec[0] == list(loader.WEIGHT_STORAGES) and spec[1]["default"] == loader.SAME_AS_PRECISION
 
     monkeypatch.setenv("EASYANIMATE_MODELS_DIR", str(tiny_root))
     node = loader.EasyAnimateModelLoader()

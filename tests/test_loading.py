@@ -31,7 +31,14 @@ def distinct_tensors(module: nn.Module) -> int:
 
 @pytest.fixture()
 def reads(monkeypatch):
-    """Every tensor read by the one streaming loader, as (file name, key); any other reader fails the test."""
+    """Every tensor read by the one streaming loader, as (file name, key); any other reader fails the test.
+
+    Other readers are replaced wherever they are bound, including names copied by `from safetensors import
+    safe_open` into modules imported earlier. A module first imported during the test (transformers' modeling
+    files, when pytest-randomly runs this test first) copies the stand-in instead: the teardown gives every such
+    module the real reader back, or later tests would fail in it."""
+    import sys
+
     import safetensors
     import safetensors.torch
 
@@ -42,13 +49,31 @@ def reads(monkeypatch):
         seen.append((file.name, key))
         return real_read_tensor(handle, file, key, *args)
 
-    def no_other_reader(*args, **kwargs):
-        raise AssertionError("a weight file was read outside models/loading/stream.py")
+    def stand_in(real):
+        def no_other_reader(*args, **kwargs):
+            raise AssertionError("a weight file was read outside models/loading/stream.py")
+
+        no_other_reader.real = real
+        return no_other_reader
 
     monkeypatch.setattr(stream, "_read_tensor", recording_read_tensor)
-    for module, name in ((safetensors, "safe_open"), (safetensors.torch, "load_file"), (torch, "load")):
-        monkeypatch.setattr(module, name, no_other_reader)
-    return seen
+    stand_ins = {id(real): stand_in(real) for real in (safetensors.safe_open, safetensors.torch.load_file, torch.load)}
+    for module in list(sys.modules.values()):
+        namespace = getattr(module, "__dict__", None)
+        if module is stream or not isinstance(namespace, dict):
+            continue
+        for name, value in list(namespace.items()):
+            if id(value) in stand_ins:
+                monkeypatch.setattr(module, name, stand_ins[id(value)])
+    yield seen
+    monkeypatch.undo()
+    replaced = {id(f): f.real for f in stand_ins.values()}
+    for module in list(sys.modules.values()):
+        namespace = getattr(module, "__dict__", None)
+        if isinstance(namespace, dict):
+            for name, value in list(namespace.items()):
+                if id(value) in replaced:
+                    setattr(module, name, replaced[id(value)])
 
 
 @pytest.mark.parametrize("name", [V5, V51])

@@ -22,6 +22,7 @@ import torch
 
 from .checkpoint import Detection, detect
 from .defaults import DEFAULT_FRAMES, DEFAULT_HEIGHT, DEFAULT_WIDTH
+from .text import PromptCache
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 STORAGE_DTYPES = {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
@@ -43,6 +44,9 @@ class ModelComponents:
     # Run the offload machinery even on a CPU device (tests and benchmarks rehearse the GPU path; RAM holds both).
     offload_on_cpu: bool = False
     text_storage_dtype: torch.dtype | None = None  # fp8: the text encoders' big Linear weights (models/loading/text.py)
+    # Encoded prompts: they live as long as this object, so a text encoder released after encoding (and reloaded)
+    # still hits, and they go when ComfyUI drops the model.
+    prompt_cache: PromptCache = field(default_factory=PromptCache, repr=False)
     _loaded: dict = field(default_factory=dict, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     # Called as hook(components, name) after a component is released (nodes/bridge.py drops its ComfyUI record).
@@ -200,7 +204,13 @@ class ModelComponents:
         return self._get(
             "text_encoder",
             lambda: load_text_encoder(
-                folder, self.version, dtype=self.dtype, storage_dtype=self.text_storage_dtype, device=device, lazy=True
+                folder,
+                self.version,
+                dtype=self.dtype,
+                storage_dtype=self.text_storage_dtype,
+                device=device,
+                lazy=True,
+                cache=self.prompt_cache,
             ),
         )
 
@@ -212,10 +222,13 @@ class ModelComponents:
         return json.loads(file.read_text()) if file.exists() else None
 
     def release(self, name: str | None = None) -> None:
-        """Drop one component (or all) and give its memory back; the next request loads it again."""
+        """Drop one component (or all, and the prompt cache with them) and give the memory back; the next request
+        loads it again."""
         from .memory import release_host_memory
 
         with self._lock:
+            if name is None:
+                self.prompt_cache.clear()
             dropped = 0
             for key in [name] if name else list(self._loaded):
                 component = self._loaded.pop(key, None)

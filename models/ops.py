@@ -127,14 +127,13 @@ class LoraLinear:
         return y
 
 
-_lora_classes: dict[type, type] = {}
-
-
 def lora_class(linear_class: type) -> type:
-    """The LoRA-aware subclass of an injected Linear class (one per class, built on first use)."""
+    """The LoRA-aware subclass of an injected Linear class: one per class, built on first use and kept on the class
+    itself (so it lives exactly as long as the class, with no table of classes in this module)."""
     if issubclass(linear_class, LoraLinear):
         return linear_class
-    if linear_class not in _lora_classes:
-        name = f"Lora{linear_class.__name__}"
-        _lora_classes[linear_class] = type(name, (LoraLinear, linear_class), {"base_linear": linear_class})
-    return _lora_classes[linear_class]
+    made = linear_class.__dict__.get("_lora_subclass")  # this class's own, never a base class's
+    if made is None:
+        made = type(f"Lora{linear_class.__name__}", (LoraLinear, linear_class), {"base_linear": linear_class})
+        linear_class._lora_subclass = made
+    return made

@@ -1,5 +1,5 @@
 """Parallel sampling from a host process (ComfyUI): N worker processes joined in one torch.distributed group, each
-holding the transformer, run every transformer call of the host's pipeline together (docs/parallel.md, workers).
+holding the transformer, run every transformer call of the host's pipeline together (docs/parallel.md, from ComfyUI).
 
 The host keeps everything else (text encoder, VAE, scheduler, CFG): per step it sends the model inputs to every
 worker and gets the prediction back from rank 0. Workers are plain `python -m models.parallel_workers` processes

@@ -124,32 +124,39 @@ class PromptEmbeddings:
         )
 
 
-# Encoded single texts, shared by every encoder instance so a released-and-reloaded encoder still hits:
-# key -> (hidden states per stream [1, L, D], masks per stream [1, L]), all on the CPU.
-CACHE_SIZE = 32
-_text_cache: OrderedDict[str, tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]] = OrderedDict()
-_text_cache_lock = threading.Lock()
+CACHE_SIZE = 32  # encoded texts kept per model
 
 
-def clear_prompt_cache() -> None:
-    with _text_cache_lock:
-        _text_cache.clear()
+class PromptCache:
+    """Encoded single texts, least recently used dropped first: key -> (hidden states per stream [1, L, D], masks per
+    stream [1, L]), all on the CPU. Its owner is the model object (models/components.py) that ComfyUI's node cache
+    holds, not this module: the cache outlives a released-and-reloaded encoder, and goes with the model."""
 
+    def __init__(self, size: int = CACHE_SIZE):
+        self.size = size
+        self._entries: OrderedDict[str, tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]] = OrderedDict()
+        self._lock = threading.Lock()
 
-def _cache_get(key: str):
-    with _text_cache_lock:
-        if key in _text_cache:
-            _text_cache.move_to_end(key)
-            return _text_cache[key]
-    return None
+    def __len__(self) -> int:
+        return len(self._entries)
 
+    def get(self, key: str):
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return self._entries[key]
+        return None
 
-def _cache_put(key: str, value) -> None:
-    with _text_cache_lock:
-        _text_cache[key] = value
-        _text_cache.move_to_end(key)
-        while len(_text_cache) > CACHE_SIZE:
-            _text_cache.popitem(last=False)
+    def put(self, key: str, value) -> None:
+        with self._lock:
+            self._entries[key] = value
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
 
 
 def _digest(*parts) -> str:
@@ -194,6 +201,7 @@ class TextEncoder:
         storage_dtype: torch.dtype | None,
         device: torch.device,
         qwen_pad_positions: str,
+        cache: PromptCache | None = None,
     ):
         self.model_dir = model_dir
         self.version = version
@@ -205,6 +213,7 @@ class TextEncoder:
         self.qwen_pad_positions = qwen_pad_positions
         self.tokenizers = {f.stream: load_tokenizer(f) for f in files}
         self.models: dict[str, torch.nn.Module] = {}
+        self.cache = PromptCache() if cache is None else cache
         self.fingerprint = _digest(
             _fingerprint(files, version), str(dtype), str(storage_dtype), device.type, qwen_pad_positions
         )
@@ -220,7 +229,7 @@ class TextEncoder:
                 self.models[files.stream] = load_stream_model(files, self.dtype, self.storage_dtype, self.device)
 
     def release(self) -> None:
-        """Drop the encoder weights (tokenizers and the embeddings cache stay); `encode` reloads on demand."""
+        """Drop the encoder weights (tokenizers and the prompt cache stay); `encode` reloads on demand."""
         self.models.clear()
         gc.collect()
 
@@ -293,7 +302,7 @@ class TextEncoder:
         encoded: dict[str, tuple] = {}
         to_encode = []
         for text in dict.fromkeys(prompts + negatives):  # unique, in order
-            hit = _cache_get(self.text_key(text)) if use_cache else None
+            hit = self.cache.get(self.text_key(text)) if use_cache else None
             if hit is not None:
                 encoded[text] = hit
             else:
@@ -305,7 +314,7 @@ class TextEncoder:
                     interrupt()
                 encoded[text] = self._encode_text(text)
                 if use_cache:
-                    _cache_put(self.text_key(text), encoded[text])
+                    self.cache.put(self.text_key(text), encoded[text])
                 if progress is not None:
                     progress(done + 1, len(to_encode))
         if release_after:
@@ -336,6 +345,7 @@ def load_text_encoder(
     *,
     qwen_pad_positions: str = "reference",
     lazy: bool = False,
+    cache: PromptCache | None = None,
 ) -> TextEncoder:
     """The tokenizers and text encoders of an EasyAnimate model folder (its tokenizer*/ and text_encoder*/).
 
@@ -343,6 +353,7 @@ def load_text_encoder(
     storage_dtype: torch.float8_e4m3fn (or e5m2) stores the Linear weights of the big encoders (mT5, Qwen2-VL) in
         fp8, upcast per layer to `dtype`; None keeps them in `dtype`. Bert is small and always stays in `dtype`.
     qwen_pad_positions: see QWEN_PAD_POSITIONS. lazy: read weights on the first `encode` that misses the cache.
+    cache: the PromptCache to use, so that it outlives this encoder (the model object passes its own); None: a new one.
     """
     model_dir = Path(model_dir)
     version = normalize_version(version) if version is not None else detect_text_version(model_dir)
@@ -355,7 +366,9 @@ def load_text_encoder(
     if qwen_pad_positions not in QWEN_PAD_POSITIONS:
         raise ValueError(f"qwen_pad_positions must be one of {QWEN_PAD_POSITIONS}, got {qwen_pad_positions!r}")
     files = text_encoder_files(model_dir, version)
-    encoder = TextEncoder(model_dir, version, files, dtype, storage_dtype, torch.device(device), qwen_pad_positions)
+    encoder = TextEncoder(
+        model_dir, version, files, dtype, storage_dtype, torch.device(device), qwen_pad_positions, cache
+    )
     if not lazy:
         encoder.load()
     return encoder

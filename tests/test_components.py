@@ -23,3 +23,24 @@ def test_single_file_without_a_companion_says_where_to_put_one(tiny_root):
     assert model.companion is None
     with pytest.raises(FileNotFoundError, match="models/EasyAnimate"):
         model.vae()
+
+
+def test_the_model_object_owns_its_prompt_cache_and_nothing_outlives_it(tiny_root):
+    """Prompts encoded through a model hit after its text encoder was released (the encoder is not read again), a
+    model with other settings has a cache of its own, and the cache goes with the model: no module-wide cache."""
+    import gc
+    import weakref
+
+    model = open_model(tiny_root / "tiny-EasyAnimateV5-12b-zh", "fp32")
+    model.release()
+    first = model.text_encoder().encode(["a cat"], "", release_after=True)
+    model.release("text_encoder")
+    encoder = model.text_encoder()
+    again = encoder.encode(["a cat"], "")
+    assert not encoder.loaded and again.cache_key == first.cache_key and len(model.prompt_cache) == 2
+    other = open_model(tiny_root / "tiny-EasyAnimateV5-12b-zh", "bf16")
+    assert other.prompt_cache is not model.prompt_cache
+    cache = weakref.ref(model.prompt_cache)
+    del model, encoder, other
+    gc.collect()
+    assert cache() is None

@@ -99,9 +99,6 @@ def test_text_strength_defaults_to_the_strength_like_the_original_plugin(tiny_ro
 
 
 def test_prompt_cache_never_serves_embeddings_of_another_text_lora_setting(tiny_root, tmp_path):
-    from models.text import clear_prompt_cache
-
-    clear_prompt_cache()
     components = _components(tiny_root)
     weights = _lora_file(tmp_path, "te", make_lora(tiny_root / V5, "kohya_te", seed=6))
     runs = {}
@@ -113,7 +110,6 @@ def test_prompt_cache_never_serves_embeddings_of_another_text_lora_setting(tiny_
     assert not torch.equal(runs["base"].positive[0], runs["lora"].positive[0])
     assert not torch.equal(runs["lora"].positive[0], runs["half"].positive[0])
     assert len({run.cache_key for run in runs.values()}) == 3
-    clear_prompt_cache()
 
 
 def test_a_v51_model_warns_that_text_encoder_entries_are_ignored(tiny_root, tmp_path):

@@ -46,13 +46,6 @@ def v51_dir(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture(autouse=True)
-def empty_prompt_cache():
-    text.clear_prompt_cache()
-    yield
-    text.clear_prompt_cache()
-
-
 @pytest.fixture(scope="module")
 def v51_embeddings(v51_dir) -> text.PromptEmbeddings:
     """PROMPTS / NEGATIVES through the V5.1 encoder with default settings (reference pad positions), fp32."""
@@ -320,11 +313,24 @@ def test_prompt_embeddings_guidance_batch_puts_negative_first(v5_dir):
 
 
 def test_cached_prompts_are_served_without_loading_the_encoder(v51_dir):
-    first = text.load_text_encoder(v51_dir, "v5.1", dtype=torch.float32).encode(PROMPTS[:2], "ugly")
-    lazy = text.load_text_encoder(v51_dir, "v5.1", dtype=torch.float32, lazy=True)
+    cache = text.PromptCache()
+    first = text.load_text_encoder(v51_dir, "v5.1", dtype=torch.float32, cache=cache).encode(PROMPTS[:2], "ugly")
+    lazy = text.load_text_encoder(v51_dir, "v5.1", dtype=torch.float32, lazy=True, cache=cache)
     again = lazy.encode(PROMPTS[:2], "ugly")
     assert not lazy.loaded
     assert torch.equal(again.positive[0], first.positive[0]) and again.cache_key == first.cache_key
+    unshared = text.load_text_encoder(v51_dir, "v5.1", dtype=torch.float32, lazy=True)  # no module-wide cache
+    unshared.encode(PROMPTS[:2], "ugly")
+    assert unshared.loaded
+
+
+def test_prompt_cache_drops_the_least_recently_used_text_beyond_its_size():
+    cache = text.PromptCache(size=2)
+    for key in ("a", "b"):
+        cache.put(key, key)
+    assert cache.get("a") == "a"  # now "b" is the oldest
+    cache.put("c", "c")
+    assert (cache.get("a"), cache.get("b"), cache.get("c"), len(cache)) == ("a", None, "c", 2)
 
 
 def test_cache_key_changes_with_dtype_and_texts(v51_dir):

@@ -57,7 +57,7 @@ def _child(folder: str, blocks: int, how: str) -> None:
     import torch
 
     sys.path.insert(0, str(REPO_ROOT))
-    from models.checkpoint import load_state_streaming
+    from models.loading.stream import load_state_streaming
     from models.quant import allocated_bytes
 
     def rss() -> int:

@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models.checkpoint import diffusers_to_original_key  # noqa: E402
+from models.loading.keys import diffusers_to_original_key  # noqa: E402
 from models.transformer import EasyAnimateTransformer, TransformerParams  # noqa: E402
 from models.variants import VARIANTS  # noqa: E402
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import Detection, detect
 from .defaults import DEFAULT_FRAMES, DEFAULT_HEIGHT, DEFAULT_WIDTH
+from .loading.detect import Detection, detect
 from .text import PromptCache
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}

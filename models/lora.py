@@ -168,7 +168,7 @@ def resolve_kohya_name(root: nn.Module, underscored: str) -> str | None:
 
 def target_name(entry: LoraModule, root: nn.Module) -> str | None:
     """Our module path (original key naming) for one transformer entry, or None when nothing in `root` matches."""
-    from .checkpoint import diffusers_to_original_key
+    from .loading.keys import diffusers_to_original_key
 
     if entry.key.startswith(KOHYA_TRANSFORMER_PREFIX):
         underscored = entry.key[len(KOHYA_TRANSFORMER_PREFIX) :].lstrip("_")  # the root's empty path gives "__"

@@ -55,10 +55,10 @@ def tensor_bytes(shapes: dict[str, tuple[tuple[int, ...], bool]], rule: Callable
 def transformer_weight_bytes(source, dtype: torch.dtype = torch.bfloat16, storage_dtype: torch.dtype | None = None,
                              fp8_mode: str = "quality") -> int:  # fmt: skip
     """Bytes the transformer at `source` (folder or single file) will hold, read from its safetensors headers."""
-    from .checkpoint import read_headers
-    from .transformer import _transformer_checkpoint
+    from .loading.headers import read_headers
+    from .loading.transformer import transformer_checkpoint
 
-    _, files, rename = _transformer_checkpoint(source)
+    _, files, rename = transformer_checkpoint(source)
     shapes, itemsizes = {}, {}
     for key, (info, _) in read_headers(files).items():
         name = rename(key) if rename is not None else key
@@ -80,7 +80,7 @@ def module_weight_bytes(module: torch.nn.Module, dtype: torch.dtype = torch.bflo
 
 def vae_weight_bytes(model_dir, dtype: torch.dtype) -> int:
     """Bytes of the VAE in `dtype` (load_vae stores every float tensor in the dtype it is given)."""
-    from .checkpoint import read_headers
+    from .loading.headers import read_headers
     from .vae import _find_vae_folder
 
     folder = _find_vae_folder(Path(model_dir))
@@ -283,10 +283,11 @@ def model_bytes_for_transformer_files(source, compute_dtype: torch.dtype, storag
                                       fp8_mode: str, version: str, folder=None) -> ModelBytes:  # fmt: skip
     """ModelBytes of a model on disk, from its safetensors headers (text encoder: the released estimate when the
     folder is absent or a single file)."""
-    from .checkpoint import read_headers
-    from .transformer import TransformerParams, _transformer_checkpoint
+    from .loading.headers import read_headers
+    from .loading.transformer import transformer_checkpoint
+    from .transformer import TransformerParams
 
-    config, files, rename = _transformer_checkpoint(source)
+    config, files, rename = transformer_checkpoint(source)
     params = TransformerParams.from_config(config)
     last = f"transformer_blocks.{params.num_layers - 1}."
     shapes = {}

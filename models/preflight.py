@@ -284,7 +284,8 @@ def check_component_files(folder) -> int:
     import json
     from pathlib import Path
 
-    from .checkpoint import CheckpointError, read_headers, weight_files
+    from .loading.files import weight_files
+    from .loading.headers import CheckpointError, read_headers
 
     folder, checked = Path(folder), 0
     for name in WEIGHT_FOLDERS:

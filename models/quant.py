@@ -153,37 +153,6 @@ class ScaledLoader:
         module.register_buffer("weight_scale", scale.to(module.weight.device), persistent=False)
 
 
-# -- loading ----------------------------------------------------------------------------------------------------------
-
-
-def load_transformer_fp8(
-    source,
-    dtype: torch.dtype = torch.bfloat16,
-    storage_dtype: torch.dtype | None = torch.float8_e4m3fn,
-    fp8_mode: str = "quality",
-    device="cpu",
-    fp8_matmul: bool = False,
-    progress: Callable[[int, int], None] | None = None,
-    interrupt: Callable[[], None] | None = None,
-    attention=None,
-):
-    """`models.loading.transformer.load_transformer` with qfloat8 defaults (e4m3 storage, "quality" mode): streams
-    tensor by tensor from safetensors straight into the held dtype (never a full bf16 copy in RAM)."""
-    from .loading.transformer import load_transformer
-
-    return load_transformer(
-        source,
-        dtype,
-        storage_dtype,
-        device=device,
-        progress=progress,
-        interrupt=interrupt,
-        fp8_mode=fp8_mode,
-        fp8_matmul=fp8_matmul,
-        attention=attention,
-    )
-
-
 def allocated_bytes(module: torch.nn.Module) -> int:
     """Bytes actually held by a module's parameters and buffers (persistent or not), each storage counted once."""
     seen, total = set(), 0

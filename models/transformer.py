@@ -298,8 +298,3 @@ class EasyAnimateTransformer(nn.Module):
         if text_t5 is not None:  # V5: Bert tokens first, then mT5 tokens (docs/faithfulness.md, text streams)
             tokens = torch.cat([tokens, self.text_proj_t5(text_t5)], dim=1)
         return tokens
-
-
-# Loading lives in models/loading/transformer.py; these names stay importable from here.
-from .loading.transformer import load_transformer  # noqa: E402, F401
-from .loading.transformer import transformer_checkpoint as _transformer_checkpoint  # noqa: E402, F401

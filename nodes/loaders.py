@@ -30,7 +30,7 @@ def _looks_like_model(folder: Path) -> bool:
 
 def header_keys(path: Path) -> dict:
     """The tensor names in a safetensors file's header ({} for a file that is not one)."""
-    from ..models.checkpoint import read_safetensors_header
+    from ..models.loading.headers import read_safetensors_header
 
     try:
         return read_safetensors_header(path)

@@ -47,7 +47,7 @@ def write_big_model(
 
 
 def parameter_count(folder: Path) -> int:
-    from models.checkpoint import read_safetensors_header
+    from models.loading.headers import read_safetensors_header
 
     header = read_safetensors_header(folder / "transformer" / "diffusion_pytorch_model.safetensors")
     return sum(info.numel for info in header.values())

@@ -1,4 +1,4 @@
-"""Specification of models/checkpoint.py (headers, detection, missing files, key renames, streaming loader) and of the
+"""Specification of models/loading/ (headers, detection, missing files, key renames, streaming loader) and of the
 tiny real-layout checkpoint set in tools/tiny_checkpoints.py.
 
 Reference: docs/checkpoints.md, transformer config / transformer keys (configs, key names, docs/checkpoints.md,
@@ -20,18 +20,11 @@ from safetensors.torch import save_file
 from tiny_checkpoints import SINGLE_FILES, TINY_MODELS, ensure_tiny_checkpoints, transformer_tensors
 from torch import nn
 
-from models.checkpoint import (
-    CheckpointError,
-    MissingFilesError,
-    UnsafeCheckpointError,
-    detect,
-    diffusers_to_original_key,
-    key_mapper,
-    load_state_streaming,
-    original_to_diffusers_key,
-    read_safetensors_header,
-    weight_files,
-)
+from models.loading.detect import detect
+from models.loading.files import weight_files
+from models.loading.headers import CheckpointError, MissingFilesError, UnsafeCheckpointError, read_safetensors_header
+from models.loading.keys import diffusers_to_original_key, key_mapper, original_to_diffusers_key
+from models.loading.stream import load_state_streaming
 from models.variants import VARIANTS
 
 FOLDERS = [name for name, (_, _, _, layout) in TINY_MODELS.items() if layout != "single_file"]

@@ -9,8 +9,8 @@ from torch import nn
 
 from models import ops
 from models.loading import stream
+from models.loading.transformer import load_transformer
 from models.text import load_text_encoder
-from models.transformer import load_transformer
 from models.vae import load_vae
 
 V5 = "tiny-EasyAnimateV5-12b-zh-InP"

@@ -12,9 +12,9 @@ import torch
 from tiny_loras import linear_shapes, make_lora, merged_transformer, model_inputs
 
 from models import lora as lora_module
+from models.loading.transformer import load_transformer
 from models.lora import LoraError, attach_loras, detach_loras, load_lora_file, loras_attached, match_lora
 from models.ops import LoraLinear
-from models.transformer import load_transformer
 
 PARITY_MODELS = ["tiny-EasyAnimateV5.1-12b-zh", "tiny-EasyAnimateV5.1-7b-zh", "tiny-EasyAnimateV5.1-12b-zh-diffusers",
                  "tiny-EasyAnimateV5.1-7b-zh-diffusers", "tiny-EasyAnimateV5-12b-zh"]  # fmt: skip
@@ -81,7 +81,7 @@ def test_kohya_names_resolve_greedily_to_module_paths(tiny_root, underscored, do
 
 
 def _detection(path):
-    from models.checkpoint import detect
+    from models.loading.detect import detect
 
     return detect(path)
 
@@ -175,14 +175,13 @@ def test_detaching_restores_every_layer_and_leaves_no_lora_tensor(tiny_root, tmp
 @pytest.mark.parametrize("model_name", ["tiny-EasyAnimateV5.1-12b-zh", "tiny-EasyAnimateV5.1-7b-zh"])
 def test_fp8_storage_error_with_a_lora_is_no_larger_than_without(tiny_root, tmp_path, model_name, fp8_mode):
     """Realistic LoRA size (|ΔW| ≈ 4 % of |W|). References: bf16-stored weights, base and merged (fp32 merge)."""
-    from models.quant import load_transformer_fp8
 
     model_dir = tiny_root / model_name
     lora = make_lora(model_dir, magnitude=0.2)
     reference_base = forward(load_transformer(model_dir, dtype=torch.float32), model_dir)  # the file is bf16
     merged = merged_transformer(model_dir, tmp_path / "merged", [(lora, 1.0)], dtype=torch.bfloat16)
     reference_lora = forward(load_transformer(merged, dtype=torch.float32), model_dir)
-    fp8 = load_transformer_fp8(model_dir, dtype=torch.float32, storage_dtype=torch.float8_e4m3fn, fp8_mode=fp8_mode)
+    fp8 = load_transformer(model_dir, dtype=torch.float32, storage_dtype=torch.float8_e4m3fn, fp8_mode=fp8_mode)
     error_without = relative_error(forward(fp8, model_dir), reference_base)
     with loras_attached(fp8, [(saved(lora, tmp_path, "a"), 1.0)]):
         error_with = relative_error(forward(fp8, model_dir), reference_lora)
@@ -191,11 +190,10 @@ def test_fp8_storage_error_with_a_lora_is_no_larger_than_without(tiny_root, tmp_
 
 def test_on_an_fp8_layer_the_delta_is_computed_unquantized(tiny_root, tmp_path):
     """Layer level, exact: fp8 layer + LoRA - fp8 layer == x @ (s · alpha/rank · up @ down)ᵀ in fp32."""
-    from models.quant import load_transformer_fp8
 
     model_dir = tiny_root / "tiny-EasyAnimateV5.1-12b-zh"
     lora = make_lora(model_dir, rank=4, alpha=2.0)
-    fp8 = load_transformer_fp8(model_dir, dtype=torch.float32, storage_dtype=torch.float8_e4m3fn,
+    fp8 = load_transformer(model_dir, dtype=torch.float32, storage_dtype=torch.float8_e4m3fn,
                                fp8_mode="reference exact")  # fmt: skip
     layer = fp8.get_submodule("transformer_blocks.0.attn1.to_q")
     assert layer.weight.dtype == torch.float8_e4m3fn

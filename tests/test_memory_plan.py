@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from models.loading.transformer import load_transformer
 from models.memory import (
     GIB,
     NotEnoughMemoryError,
@@ -14,8 +15,7 @@ from models.memory import (
     transformer_weight_bytes,
     vae_weight_bytes,
 )  # fmt: skip
-from models.quant import allocated_bytes, load_transformer_fp8
-from models.transformer import load_transformer
+from models.quant import allocated_bytes
 from models.vae import load_vae
 
 STORAGES = [  # (compute dtype, storage dtype, fp8 mode)
@@ -39,7 +39,7 @@ def test_weight_bytes_equal_allocated_bytes_for_every_tiny_variant_and_storage(t
     checked = 0
     for name in names:
         for dtype, storage, mode in STORAGES:
-            model = load_transformer_fp8(tiny_root / name, dtype=dtype, storage_dtype=storage, fp8_mode=mode)
+            model = load_transformer(tiny_root / name, dtype=dtype, storage_dtype=storage, fp8_mode=mode)
             predicted = transformer_weight_bytes(tiny_root / name, dtype, storage, mode)
             assert predicted == allocated_bytes(model), (name, dtype, storage, mode)
             assert module_weight_bytes(model, dtype, storage, mode) == predicted

@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from models import pipeline
-from models.checkpoint import detect
+from models.loading.detect import detect
+from models.loading.transformer import load_transformer
 from models.offload import BlockSwap, OffloadStats, PinnedArena, Placement, on_device, transformer_placement
-from models.quant import load_transformer_fp8
-from models.transformer import load_transformer
 
 MODEL = "tiny-EasyAnimateV5.1-7b-zh"  # 4 blocks (2 MMDiT + 2 shared-weight)
 WIDTH, HEIGHT, FRAMES, STEPS, CFG = 32, 32, 5, 3, 6.0
@@ -36,7 +35,7 @@ def _load(tiny_root, storage):
     path = tiny_root / MODEL
     if storage is None:
         return load_transformer(path, dtype=torch.float32)
-    return load_transformer_fp8(path, dtype=torch.float32, storage_dtype=storage, fp8_mode="reference exact")
+    return load_transformer(path, dtype=torch.float32, storage_dtype=storage, fp8_mode="reference exact")
 
 
 @pytest.mark.parametrize("storage", [None, torch.float8_e4m3fn], ids=["fp32", "fp8"])

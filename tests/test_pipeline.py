@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from models import pipeline
-from models.checkpoint import detect
-from models.transformer import load_transformer
+from models.loading.detect import detect
+from models.loading.transformer import load_transformer
 from models.vae import load_vae
 
 # 2:3 like 480x720: the RoPE crop region starts at 0, where diffusers 0.42's rotary grid equals the original's

@@ -3,15 +3,14 @@
 import pytest
 import torch
 
+from models.loading.transformer import load_transformer
 from models.quant import (
     allocated_bytes,
     dequantize,
     fp8_matmul_supported,
     is_precision_sensitive,
-    load_transformer_fp8,
     quantize_scaled,
 )  # fmt: skip
-from models.transformer import load_transformer
 
 MODELS = ["tiny-EasyAnimateV5.1-12b-zh", "tiny-EasyAnimateV5-7b-zh-InP", "tiny-EasyAnimateV5.1-7b-zh-Control"]
 
@@ -20,16 +19,16 @@ MODELS = ["tiny-EasyAnimateV5.1-12b-zh", "tiny-EasyAnimateV5-7b-zh-InP", "tiny-E
 @pytest.mark.parametrize("fp8", [torch.float8_e4m3fn, torch.float8_e5m2], ids=["e4m3fn", "e5m2"])
 def test_reference_exact_fp8_holds_half_the_bf16_bytes(tiny_root, name, fp8):
     bf16 = allocated_bytes(load_transformer(tiny_root / name, dtype=torch.bfloat16))
-    quantized = load_transformer_fp8(
-        tiny_root / name, dtype=torch.bfloat16, storage_dtype=fp8, fp8_mode="reference exact"
-    )
+    quantized = load_transformer(tiny_root / name, dtype=torch.bfloat16, storage_dtype=fp8, fp8_mode="reference exact")
     ratio = allocated_bytes(quantized) / bf16
     assert abs(ratio - 0.50) <= 0.01 * 0.50
     assert {t.dtype for t in quantized.state_dict().values()} == {fp8}  # every tensor, norms and biases included
 
 
 def test_quality_mode_keeps_norms_embeddings_modulation_and_projections_in_bf16(tiny_root):
-    model = load_transformer_fp8(tiny_root / MODELS[0], dtype=torch.bfloat16, fp8_mode="quality")
+    model = load_transformer(
+        tiny_root / MODELS[0], dtype=torch.bfloat16, fp8_mode="quality", storage_dtype=torch.float8_e4m3fn
+    )
     dtypes = {name: t.dtype for name, t in model.state_dict().items()}
     for name in ("proj.weight", "proj_out.weight", "time_embedding.linear_1.weight", "text_proj.0.weight",
                  "text_proj.1.weight", "norm_final.weight", "norm_out.linear.weight",
@@ -68,14 +67,16 @@ def test_scaled_fp8_model_output_is_closer_to_bf16_than_plain_fp8(tiny_root):
     reference = run(load_transformer(path, dtype=torch.float32))
     errors = {}
     for mode in ("quality", "scaled"):
-        out = run(load_transformer_fp8(path, dtype=torch.float32, fp8_mode=mode))
+        out = run(load_transformer(path, dtype=torch.float32, fp8_mode=mode, storage_dtype=torch.float8_e4m3fn))
         errors[mode] = ((out - reference).abs().max() / reference.abs().max()).item()
     assert errors["scaled"] < errors["quality"]
     assert errors["quality"] < 0.1
 
 
 def test_scaled_mode_stores_fp8_weights_with_one_fp32_scale_each(tiny_root):
-    model = load_transformer_fp8(tiny_root / MODELS[0], dtype=torch.bfloat16, fp8_mode="scaled")
+    model = load_transformer(
+        tiny_root / MODELS[0], dtype=torch.bfloat16, fp8_mode="scaled", storage_dtype=torch.float8_e4m3fn
+    )
     linear = model.transformer_blocks[0].attn1.to_q
     assert linear.weight.dtype == torch.float8_e4m3fn
     assert linear.weight_scale.dtype == torch.float32 and linear.weight_scale.numel() == 1

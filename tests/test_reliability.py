@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from models import preflight
-from models.checkpoint import CheckpointError
 from models.components import live_components, open_model
+from models.loading.headers import CheckpointError
 from models.offload import OffloadStats, Placement
 
 MODEL = "tiny-EasyAnimateV5.1-12b-zh"

@@ -34,7 +34,7 @@ def shapes(tensors: dict) -> dict:
 def test_transformer_keys_and_shapes_match_diffusers_model_renamed_to_original_keys(version, size, kind):
     from diffusers import EasyAnimateTransformer3DModel
 
-    from models.checkpoint import diffusers_to_original_key
+    from models.loading.keys import diffusers_to_original_key
 
     config = tiny_transformer_config(version, size, kind)
     accepted = inspect.signature(EasyAnimateTransformer3DModel.__init__).parameters

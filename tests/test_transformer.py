@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.checkpoint import diffusers_to_original_key
+from models.loading.keys import diffusers_to_original_key
 from models.rope import apply_rope, crop_region, video_rope
 from models.transformer import Block, EasyAnimateTransformer, TransformerParams
 from models.transformer_options import TransformerOptions

@@ -1,6 +1,6 @@
-"""Specification of `models.transformer.load_transformer`: every released layout gives the same model, storage dtypes
-(fp8 for qfloat8) behave as the reference, broken files fail with one clear error, and loading into fp8 never holds a
-full-precision copy of the weights."""
+"""Specification of `models.loading.transformer.load_transformer`: every released layout gives the same model,
+storage dtypes (fp8 for qfloat8) behave as the reference, broken files fail with one clear error, and loading into
+fp8 never holds a full-precision copy of the weights."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ from safetensors.torch import load_file, save_file
 from test_transformer import original_rope_tables, rel_err
 from tiny_checkpoints import TINY_MODELS, ensure_tiny_checkpoints
 
-from models.checkpoint import CheckpointError, UnsafeCheckpointError
-from models.transformer import EasyAnimateTransformer, TransformerParams, load_transformer
+from models.loading.headers import CheckpointError, UnsafeCheckpointError
+from models.loading.transformer import load_transformer
+from models.transformer import EasyAnimateTransformer, TransformerParams
 from models.variants import VARIANTS, variant_for
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -236,7 +237,7 @@ MEASURE = textwrap.dedent("""
     from pathlib import Path
     import torch
     sys.path.insert(0, sys.argv[2])
-    from models.transformer import load_transformer
+    from models.loading.transformer import load_transformer
 
     def status(field):  # bytes
         for line in Path("/proc/self/status").read_text().splitlines():

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tiny_checkpoints import tiny_model_dir
 
-from models.checkpoint import CheckpointError, MissingFilesError, UnsafeCheckpointError
+from models.loading.headers import CheckpointError, MissingFilesError, UnsafeCheckpointError
 from models.vae import (
     VAE,
     SpatialSelfAttention,

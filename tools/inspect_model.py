@@ -14,14 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models.checkpoint import (  # noqa: E402
-    CheckpointError,
-    MissingFilesError,
-    detect,
-    infer_transformer,
-    read_headers,
-    weight_files,
-)
+from models.loading.detect import detect, infer_transformer  # noqa: E402
+from models.loading.files import weight_files  # noqa: E402
+from models.loading.headers import CheckpointError, MissingFilesError, read_headers  # noqa: E402
 from models.variants import variant_for  # noqa: E402
 
 

@@ -208,7 +208,7 @@ def write_tiny_model(dest: Path, name: str, *, text_from: Path | None = None, va
     `text_from`: a folder holding this version's text components to hard-link in (None: no text components).
     `vae_files`: version -> an already written VAE safetensors to link (else the VAE is generated here).
     """
-    from models.checkpoint import original_to_diffusers_key
+    from models.loading.keys import original_to_diffusers_key
     from models.variants import released_scheduler_config
 
     version, size, kind, layout = TINY_MODELS[name]

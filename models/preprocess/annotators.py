@@ -23,24 +23,6 @@ class ControlDependencyError(ImportError):
     """controlnet-aux (or one of its requirements) is not importable."""
 
 
-def _run_network(
-    method: str,
-    weight_paths: dict[str, Path],
-    rgb: np.ndarray,
-    device: torch.device,
-    progress: Progress | None,
-    interrupt: Interrupt | None,
-    **params,
-) -> list[np.ndarray]:
-    detector = _load_detector(method, weight_paths)
-    try:
-        detector.to(device)
-        per_frame = _frame_function(method, detector, device, **params)
-        return _run_frames(rgb, per_frame, progress, interrupt)
-    finally:
-        detector.to("cpu")  # a traceback may keep the detector alive; it must not keep GPU memory
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # controlnet-aux
 
@@ -194,10 +176,17 @@ def run_annotator(
 ) -> list[np.ndarray]:
     """Per-frame maps of a network method; whatever happens, the network leaves the GPU and memory is collected."""
     _import_controlnet_aux()
+    detector = per_frame = None
     try:
         with torch.no_grad():
-            return _run_network(method, weight_paths, rgb, device, progress, interrupt, **params)
+            detector = _load_detector(method, weight_paths)
+            detector.to(device)
+            per_frame = _frame_function(method, detector, device, **params)
+            return _run_frames(rgb, per_frame, progress, interrupt)
     finally:
+        if detector is not None:
+            detector.to("cpu")  # a traceback may keep the detector alive; it must not keep GPU memory
+        detector = per_frame = None  # collected below, not when this frame ends
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -45,8 +45,19 @@ from models.variants import released_vae_config, variant_for  # noqa: E402
 GIB = 1024**3
 TEXT_TOKENS = defaults.TEXT_TOKENS[defaults.V5_1]  # the Qwen2-VL prompt length
 # Dense bf16 tensor-core peaks (TFLOP/s, vendor data sheets) by a substring of torch.cuda.get_device_name().
-PEAK_BF16_TFLOPS = (("H100 PCIe", 756), ("H200", 989), ("H100", 989), ("GH200", 989), ("A100", 312), ("L40S", 362),
-                    ("L40", 181), ("L4", 121), ("A10", 125), ("4090", 165), ("3090", 71))  # fmt: skip
+PEAK_BF16_TFLOPS = (
+    ("H100 PCIe", 756),
+    ("H200", 989),
+    ("H100", 989),
+    ("GH200", 989),
+    ("A100", 312),
+    ("L40S", 362),
+    ("L40", 181),
+    ("L4", 121),
+    ("A10", 125),
+    ("4090", 165),
+    ("3090", 71),
+)
 MODES = ("gpu_bf16", "gpu_fp8", "fp8_scaled_mm", "model_cpu_offload", "sequential")
 
 
@@ -79,14 +90,25 @@ def gpu_setup(blocks: int) -> Setup:
 def tiny_setup() -> Setup:
     models = {}
     for size, layers in (("12b", 6), ("7b", 4)):
-        params = TransformerParams(in_channels=16, num_layers=layers, mmdit_layers=layers if size == "12b" else 2,
-                                   text_embed_dim=64, text_embed_dim_t5=None, add_norm_text_encoder=True,
-                                   num_attention_heads=2, attention_head_dim=16, time_embed_dim=24)  # fmt: skip
+        params = TransformerParams(
+            in_channels=16,
+            num_layers=layers,
+            mmdit_layers=layers if size == "12b" else 2,
+            text_embed_dim=64,
+            text_embed_dim_t5=None,
+            add_norm_text_encoder=True,
+            num_attention_heads=2,
+            attention_head_dim=16,
+            time_embed_dim=24,
+        )
         models[size] = ("v5.1", size, params)
     reserve, mib = memory.CUDA_RESERVE, 1024**2
     # tiny cards and forced modes: every kind of plan runs (the VAE decode estimate dominates tiny cards otherwise)
-    rows = [(32, 32, 5, reserve + 64 * mib, ("gpu",)), (64, 32, 5, reserve + 64 * mib, ("model_cpu_offload",)),
-            (64, 64, 5, reserve + mib, ("sequential",))]  # fmt: skip
+    rows = [
+        (32, 32, 5, reserve + 64 * mib, ("gpu",)),
+        (64, 32, 5, reserve + 64 * mib, ("model_cpu_offload",)),
+        (64, 64, 5, reserve + mib, ("sequential",)),
+    ]
     vae = VAEConfig(block_out_channels=(8, 16, 32, 32), norm_num_groups=4, mid_block_use_attention=False)
     return Setup(torch.device("cpu"), models, [(32, 32, 5), (64, 32, 5)], rows, reserve + mib, 2, 1, vae, True)
 
@@ -138,8 +160,9 @@ def build_transformer(params, blocks, device, dtype, storage, fp8_mode="quality"
     rule = storage_rule("quality", memory.STORAGE_DTYPES[storage], dtype)
     host = ("",) if host_blocks == "all" else tuple(f"transformer_blocks.{i}." for i in host_blocks)
     generator = torch.Generator(device).manual_seed(seed)  # same seed: same bf16 weights in every mode
-    materialize(model, device, dtype, generator, hold=rule,
-                home=lambda name: "host" if host and name.startswith(host) else None)  # fmt: skip
+    materialize(
+        model, device, dtype, generator, hold=rule, home=lambda name: "host" if host and name.startswith(host) else None
+    )
     model.compute_dtype = dtype
     return model
 
@@ -149,8 +172,11 @@ def inputs(params, width, height, frames, device, dtype, seed=1):
     g = torch.Generator("cpu").manual_seed(seed)
     latent = (2, params.in_channels, (frames - 1) // 4 + 1, height // 8, width // 8)
     text = (2, TEXT_TOKENS, params.text_embed_dim)
-    return (torch.randn(latent, generator=g).to(device, dtype), torch.tensor([500.0, 500.0], device=device),
-            torch.randn(text, generator=g).to(device, dtype))  # fmt: skip
+    return (
+        torch.randn(latent, generator=g).to(device, dtype),
+        torch.tensor([500.0, 500.0], device=device),
+        torch.randn(text, generator=g).to(device, dtype),
+    )
 
 
 # -- measuring --------------------------------------------------------------------------------------------------------
@@ -252,8 +278,9 @@ def guarded(what: str, device, errors: dict):
         import traceback
 
         text = traceback.format_exc()
-        print(f"ERROR in {what}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
-              flush=True)  # fmt: skip
+        print(
+            f"ERROR in {what}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}", flush=True
+        )
         print(text, flush=True)
         errors[what] = text
     finally:
@@ -272,8 +299,11 @@ class Budget:
         if self.elapsed + estimate_s <= self.seconds:
             return True
         self.skipped.append(what)
-        print(f"SKIPPED {what}: the {self.seconds:.0f} s time budget would be exceeded "
-              f"({self.elapsed:.0f} s used, ~{estimate_s:.0f} s needed)", flush=True)  # fmt: skip
+        print(
+            f"SKIPPED {what}: the {self.seconds:.0f} s time budget would be exceeded "
+            f"({self.elapsed:.0f} s used, ~{estimate_s:.0f} s needed)",
+            flush=True,
+        )
         return False
 
 
@@ -343,8 +373,11 @@ def run_modes(setup: Setup, label: str, size, budget: Budget, peak: float, out: 
             _print_mode(key, mode, row)
         free(device)
         last_wall = time.perf_counter() - wall
-    out[key] = {"blocks_scaled_from": blocks, "note": f"measured on {blocks} of {layers} blocks, scaled per block",
-                "modes": rows}  # fmt: skip
+    out[key] = {
+        "blocks_scaled_from": blocks,
+        "note": f"measured on {blocks} of {layers} blocks, scaled per block",
+        "modes": rows,
+    }
 
 
 def _run_mode(mode, setup, params, plan, blocks, layers, args, flops, peak, rows) -> tuple[dict, torch.Tensor]:
@@ -411,8 +444,18 @@ def run_attention(setup: Setup, label: str, size, out: dict) -> None:
     key, device = _key(label, *size), setup.device
     tokens = memory.video_tokens(width, height, frames) + TEXT_TOKENS
     g = torch.Generator(device).manual_seed(3)
-    q, k, v = (torch.randn(2, params.num_attention_heads, tokens, params.attention_head_dim, generator=g,
-                           device=device, dtype=setup.dtype) for _ in range(3))  # fmt: skip
+    q, k, v = (
+        torch.randn(
+            2,
+            params.num_attention_heads,
+            tokens,
+            params.attention_head_dim,
+            generator=g,
+            device=device,
+            dtype=setup.dtype,
+        )
+        for _ in range(3)
+    )
     reference = BACKENDS["sdpa"](q, k, v).float()
     attention = {}
     for name, backend in BACKENDS.items():
@@ -421,8 +464,11 @@ def run_attention(setup: Setup, label: str, size, out: dict) -> None:
             attention[name] = {"installed": False, "why": problem}
             continue
         seconds, result = time_forward(backend, (q, k, v), device, setup.repeats)
-        attention[name] = {"s": seconds, "rel_error_vs_sdpa": relative_error(result, reference),
-                           "ran_kernel": device.type == "cuda" and setup.dtype in (torch.float16, torch.bfloat16)}  # fmt: skip
+        attention[name] = {
+            "s": seconds,
+            "rel_error_vs_sdpa": relative_error(result, reference),
+            "ran_kernel": device.type == "cuda" and setup.dtype in (torch.float16, torch.bfloat16),
+        }
         print(f"RESULT {key}_attention_{name}_ms={seconds * 1e3:.4g}", flush=True)
     del q, k, v, reference
     out[f"{key}_attention"] = attention
@@ -448,9 +494,13 @@ def run_compile(setup: Setup, label: str, size, budget: Budget, out: dict) -> No
     model = None
     free(device)
     scale = params.num_layers / blocks
-    out[f"{key}_compile"] = {"compile_s_blocks_built": report.first_call_seconds, "eager_s_per_it": eager_s * scale,
-                             "compiled_s_per_it": compiled_s * scale, "log": lines,
-                             "backend": report.backend}  # fmt: skip
+    out[f"{key}_compile"] = {
+        "compile_s_blocks_built": report.first_call_seconds,
+        "eager_s_per_it": eager_s * scale,
+        "compiled_s_per_it": compiled_s * scale,
+        "log": lines,
+        "backend": report.backend,
+    }
     print(f"RESULT {key}_compile_first_call_s={report.first_call_seconds:.4g}", flush=True)
     print(f"RESULT {key}_compiled_over_eager={compiled_s / eager_s:.4g}", flush=True)
 
@@ -519,9 +569,19 @@ def run_plan_row(setup: Setup, label: str, row, budget: Budget, out: list) -> No
     plan = memory.plan_memory(bytes_, width, height, frames, card, modes=modes)
     activations = memory.transformer_activation_bytes(bytes_.inner_dim, width, height, frames, version)
     estimate = transformer_phase_estimate(plan, bytes_, activations)
-    record = {"key": key, "mode": plan.mode, "storage": plan.storage, "resident_blocks": plan.resident_blocks,
-              "layers": layers, "planned_fits": plan.fits, "estimate": estimate, "vae_budget": plan.vae_budget,
-              "planned_peak": plan.peak_vram, "card": card, "size": (width, height, frames)}  # fmt: skip
+    record = {
+        "key": key,
+        "mode": plan.mode,
+        "storage": plan.storage,
+        "resident_blocks": plan.resident_blocks,
+        "layers": layers,
+        "planned_fits": plan.fits,
+        "estimate": estimate,
+        "vae_budget": plan.vae_budget,
+        "planned_peak": plan.peak_vram,
+        "card": card,
+        "size": (width, height, frames),
+    }
     # sequential: the whole model rests in pinned host memory (as the loader leaves it); the other modes run with
     # every weight on the device, so it is created there (the same VRAM as after model offload's copy)
     host = "all" if plan.mode == "sequential" else ()
@@ -570,8 +630,15 @@ def run_plan_row(setup: Setup, label: str, row, budget: Budget, out: list) -> No
     )
 
 
-def run_vae(setup: Setup, size, budget: Budget, out: list, memory_budget: int | None = None,
-            card: int | None = None, label: str = "vae") -> None:  # fmt: skip
+def run_vae(
+    setup: Setup,
+    size,
+    budget: Budget,
+    out: list,
+    memory_budget: int | None = None,
+    card: int | None = None,
+    label: str = "vae",
+) -> None:
     """Decode 49 (or `frames`) frames at `size` with the tile size `auto` picks from `memory_budget` (default: half
     the free VRAM, as the VAE Decode node does)."""
     width, height, frames = size
@@ -616,8 +683,16 @@ def plan_summary(rows: list, vae_phases: list) -> float | None:
     """Per plan: the measured peak over its phases vs the planner's peak; returns the largest relative error."""
     errors = []
     for row in rows:
-        vae = next((v for v in vae_phases if v["size"] == row["key"].split("_", 1)[1] and v["card"] == row["card"]
-                    and v["memory_budget"] == (row["vae_budget"] or v["memory_budget"])), None)  # fmt: skip
+        vae = next(
+            (
+                v
+                for v in vae_phases
+                if v["size"] == row["key"].split("_", 1)[1]
+                and v["card"] == row["card"]
+                and v["memory_budget"] == (row["vae_budget"] or v["memory_budget"])
+            ),
+            None,
+        )
         phases = [row.get("measured")] + ([vae.get("peak")] if vae else [])
         if vae is not None and not vae["fits"]:
             row["fits"] = False
@@ -645,12 +720,27 @@ def main() -> None:
     card = "cpu-tiny" if args.tiny else torch.cuda.get_device_name(setup.device)
     now = datetime.datetime.now(datetime.timezone.utc)
     peak, peak_source = peak_flops(setup)
-    print(f"EasyAnimate GPU check on {card}, torch {torch.__version__}, {now:%Y-%m-%d %H:%M} UTC; MFU against "
-          f"{peak / 1e12:.3g} TFLOP/s ({peak_source}); budget {budget.seconds:.0f} s", flush=True)  # fmt: skip
-    results = {"card": card, "torch": torch.__version__, "cuda": torch.version.cuda, "date_utc": now.isoformat(),
-               "tiny": args.tiny, "peak_flops": peak, "peak_source": peak_source, "card_simulated_bytes":
-               setup.card_bytes, "modes": {}, "plans": [], "vae": [], "plan_vae_phases": [], "speed_options": {},
-               "skipped": budget.skipped}  # fmt: skip
+    print(
+        f"EasyAnimate GPU check on {card}, torch {torch.__version__}, {now:%Y-%m-%d %H:%M} UTC; MFU against "
+        f"{peak / 1e12:.3g} TFLOP/s ({peak_source}); budget {budget.seconds:.0f} s",
+        flush=True,
+    )
+    results = {
+        "card": card,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "date_utc": now.isoformat(),
+        "tiny": args.tiny,
+        "peak_flops": peak,
+        "peak_source": peak_source,
+        "card_simulated_bytes": setup.card_bytes,
+        "modes": {},
+        "plans": [],
+        "vae": [],
+        "plan_vae_phases": [],
+        "speed_options": {},
+        "skipped": budget.skipped,
+    }
     results["errors"] = errors = {}
     out = args.out or REPO_ROOT / "benchmarks" / "results" / f"gpu-{now:%Y%m%d-%H%M}-{card.replace(' ', '_')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -679,8 +769,17 @@ def main() -> None:
         phase = (tuple(row["size"]), row["vae_budget"], row["card"])
         if row["fits"] and phase not in done:
             done.add(phase)
-            section(f"plan vae {row['size']}", run_vae, setup, row["size"], budget, results["plan_vae_phases"],
-                    row["vae_budget"] or None, row["card"], label="plan_vae")  # fmt: skip
+            section(
+                f"plan vae {row['size']}",
+                run_vae,
+                setup,
+                row["size"],
+                budget,
+                results["plan_vae_phases"],
+                row["vae_budget"] or None,
+                row["card"],
+                label="plan_vae",
+            )
     section("torch.compile", run_compile, setup, labels[0], first_size, budget, results["speed_options"])
     for size in setup.sizes:
         section(f"vae {size}", run_vae, setup, size, budget, results["vae"])

@@ -184,8 +184,12 @@ def main() -> None:
         print(f"synthetic checkpoint: {params / 1e9:.2f} B parameters, bf16 on disk")
         results = {}
         for how in ("streaming", "naive"):
-            out = subprocess.run([sys.executable, __file__, "--child", folder, str(blocks), how], check=True,
-                                 capture_output=True, text=True).stdout  # fmt: skip
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", folder, str(blocks), how],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
             results[how] = json.loads(out.strip().splitlines()[-1])
             r = results[how]
             print(

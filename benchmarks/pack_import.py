@@ -28,10 +28,13 @@ print(time.perf_counter() - start)
 
 def main() -> None:
     runs = [
-        float(subprocess.run([sys.executable, "-c", PROBE, str(PACK)], capture_output=True, text=True, check=True)
-              .stdout.strip().splitlines()[-1])
+        float(
+            subprocess.run([sys.executable, "-c", PROBE, str(PACK)], capture_output=True, text=True, check=True)
+            .stdout.strip()
+            .splitlines()[-1]
+        )
         for _ in range(5)
-    ]  # fmt: skip
+    ]
     print(f"RESULT pack_import_seconds={min(runs):.3f}")
 
 

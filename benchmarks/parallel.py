@@ -37,9 +37,17 @@ TEXT_TOKENS = 20
 
 def build(heads: int, layers: int) -> EasyAnimateTransformer:
     torch.manual_seed(heads)
-    params = TransformerParams(in_channels=16, num_layers=layers, mmdit_layers=layers, text_embed_dim=32,
-                               text_embed_dim_t5=None, add_norm_text_encoder=True, num_attention_heads=heads,
-                               attention_head_dim=16, time_embed_dim=24)  # fmt: skip
+    params = TransformerParams(
+        in_channels=16,
+        num_layers=layers,
+        mmdit_layers=layers,
+        text_embed_dim=32,
+        text_embed_dim_t5=None,
+        add_norm_text_encoder=True,
+        num_attention_heads=heads,
+        attention_head_dim=16,
+        time_embed_dim=24,
+    )
     model = EasyAnimateTransformer(params).eval().requires_grad_(False)
     for tensor in model.state_dict().values():  # non-trivial norms and modulations everywhere
         tensor.copy_(torch.randn_like(tensor) * 0.2)
@@ -71,8 +79,9 @@ def rank_job(args, out: Path) -> None:
                 groups.stats.reset()
                 out_parallel = ParallelTransformer(model, groups)(latents, timestep, text)
                 error = ((out_parallel - reference).abs().max() / reference.abs().max()).item()
-                modelled = comm_bytes_per_call(TEXT_TOKENS, tokens, heads, 16, args.layers, groups.sp_size,
-                                               name == "cfg2", element_bytes=4)  # fmt: skip
+                modelled = comm_bytes_per_call(
+                    TEXT_TOKENS, tokens, heads, 16, args.layers, groups.sp_size, name == "cfg2", element_bytes=4
+                )
                 key = f"{name}_heads{heads}"
                 report["errors"][key] = error
                 report["bytes"][key] = {"measured": groups.stats.total, "modelled": modelled}
@@ -96,14 +105,30 @@ def main() -> int:
         rank_job(args, Path(args.rank_job))
         return 0
     with tempfile.TemporaryDirectory() as out:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", __file__,
-                   "--heads", str(args.heads), "--layers", str(args.layers), "--frames", str(args.frames),
-                   "--size", args.size, "--rank-job", out]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node=2",
+            __file__,
+            "--heads",
+            str(args.heads),
+            "--layers",
+            str(args.layers),
+            "--frames",
+            str(args.frames),
+            "--size",
+            args.size,
+            "--rank-job",
+            out,
+        ]
         subprocess.run(command, check=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
         ranks = json.loads((Path(out) / "report.json").read_text())
     errors = [e for rank in ranks for e in rank["errors"].values()]
-    model_errors = [abs(b["measured"] - b["modelled"]) / b["modelled"]
-                    for rank in ranks for b in rank["bytes"].values()]  # fmt: skip
+    model_errors = [
+        abs(b["measured"] - b["modelled"]) / b["modelled"] for rank in ranks for b in rank["bytes"].values()
+    ]
     for key, value in ranks[0]["bytes"].items():
         print(
             f"{key}: rank 0 sent {value['measured']} bytes per call, model {value['modelled']}, "

@@ -74,8 +74,9 @@ def installed(name: str) -> str | None:
     return None
 
 
-def resolve_attention(choice: str, device, dtype: torch.dtype, log: Callable[[str], None] = print
-                      ) -> tuple[str, Attention]:  # fmt: skip
+def resolve_attention(
+    choice: str, device, dtype: torch.dtype, log: Callable[[str], None] = print
+) -> tuple[str, Attention]:
     """(backend name, attention function) for the loader's `attention` choice on `device` in `dtype`.
 
     auto: flash-attn when installed and usable here (exact up to rounding), else SDPA — never sage, which changes

@@ -28,8 +28,10 @@ class CompileReport:
         self.pending.discard(index)
         self.first_call_seconds += seconds
         if not self.pending:
-            self.log(f"EasyAnimate torch.compile ({self.backend}): {self.blocks} transformer blocks compiled in "
-                     f"{self.first_call_seconds:.1f} s (first call; a new video size compiles again)")  # fmt: skip
+            self.log(
+                f"EasyAnimate torch.compile ({self.backend}): {self.blocks} transformer blocks compiled in "
+                f"{self.first_call_seconds:.1f} s (first call; a new video size compiles again)"
+            )
 
 
 def _synchronize(tensors) -> None:
@@ -52,8 +54,9 @@ def _timed_first_call(compiled, index: int, report: CompileReport):
     return forward
 
 
-def compile_blocks(model: torch.nn.Module, backend: str = "inductor", mode: str | None = None,
-                   log: Callable[[str], None] = print) -> CompileReport:  # fmt: skip
+def compile_blocks(
+    model: torch.nn.Module, backend: str = "inductor", mode: str | None = None, log: Callable[[str], None] = print
+) -> CompileReport:
     """Compile every `model.transformer_blocks[i].forward` in place; returns the report filled on the first run."""
     blocks = model.transformer_blocks
     report = CompileReport(len(blocks), backend, pending=set(range(len(blocks))), log=log)

@@ -107,8 +107,15 @@ class ModelComponents:
                 total += sum(t.numel() * t.element_size() for t in module.state_dict().values())
         return total
 
-    def transformer(self, device="cpu", progress=None, interrupt=None, size: tuple[int, int, int] | None = None,
-                    free_vram: int | None = None, log=print):  # fmt: skip
+    def transformer(
+        self,
+        device="cpu",
+        progress=None,
+        interrupt=None,
+        size: tuple[int, int, int] | None = None,
+        free_vram: int | None = None,
+        log=print,
+    ):
         """The transformer, loaded for a memory plan: `size` (width, height, frames) and `free_vram` (bytes on a
         CUDA device) let memory_mode "auto" pick the fastest mode (and, with "same as precision", fp8 storage)
         that fits; the plan is printed and kept in `self.plan`. Offload modes load to the CPU (RAM pre-flight)."""
@@ -163,9 +170,15 @@ class ModelComponents:
 
         backend, attention = resolve_attention(self.attention, device, self.dtype, log)
         model = load_transformer(
-            self.path, dtype=self.dtype, storage_dtype=storage, fp8_mode=self.fp8_mode, device=load_device,
-            progress=progress, interrupt=interrupt, attention=attention,
-        )  # fmt: skip
+            self.path,
+            dtype=self.dtype,
+            storage_dtype=storage,
+            fp8_mode=self.fp8_mode,
+            device=load_device,
+            progress=progress,
+            interrupt=interrupt,
+            attention=attention,
+        )
         model.attention_backend = backend
         if self.compile_blocks:
             from .compile import compile_blocks
@@ -329,9 +342,19 @@ def open_model(
     folder = companion if detection.layout == "single_file" else path
     if folder is not None:
         check_component_files(folder)  # truncated VAE / text encoder / tokenizer files: named now, not at sampling
-    components = ModelComponents(path, detection, DTYPES[precision], storage, memory_mode, int(resident_blocks),
-                                 fp8_mode, companion=companion, attention=attention,
-                                 compile_blocks=bool(compile_blocks), text_storage_dtype=text_storage)  # fmt: skip
+    components = ModelComponents(
+        path,
+        detection,
+        DTYPES[precision],
+        storage,
+        memory_mode,
+        int(resident_blocks),
+        fp8_mode,
+        companion=companion,
+        attention=attention,
+        compile_blocks=bool(compile_blocks),
+        text_storage_dtype=text_storage,
+    )
     with _live_lock:
         return _live.setdefault(key, components)
 

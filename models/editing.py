@@ -107,6 +107,7 @@ def apply_composite(images: torch.Tensor, plan: dict | None) -> torch.Tensor:
     if not plan:
         return images
     if plan["source"].shape[1:3] != images.shape[1:3]:
-        raise ValueError(f"decoded size {list(images.shape[1:3])} differs from the edited video's "
-                         f"{list(plan['source'].shape[1:3])}")  # fmt: skip
+        raise ValueError(
+            f"decoded size {list(images.shape[1:3])} differs from the edited video's {list(plan['source'].shape[1:3])}"
+        )
     return composite(images, plan["source"], plan["weights"])

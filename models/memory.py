@@ -33,8 +33,12 @@ def _itemsize(dtype: torch.dtype) -> int:
 # -- weights ----------------------------------------------------------------------------------------------------------
 
 
-def tensor_bytes(shapes: dict[str, tuple[tuple[int, ...], bool]], rule: Callable[[str], torch.dtype],
-                 scaled: bool = False, file_itemsize: dict[str, int] | None = None) -> int:  # fmt: skip
+def tensor_bytes(
+    shapes: dict[str, tuple[tuple[int, ...], bool]],
+    rule: Callable[[str], torch.dtype],
+    scaled: bool = False,
+    file_itemsize: dict[str, int] | None = None,
+) -> int:
     """Sum over tensors {name: (shape, is_float)} of numel × itemsize of the dtype `rule(name)` holds it in; in scaled
     fp8 mode each fp8 matrix also carries a 4-byte fp32 scale. Non-float tensors keep their file size."""
     total = 0
@@ -52,8 +56,9 @@ def tensor_bytes(shapes: dict[str, tuple[tuple[int, ...], bool]], rule: Callable
     return total
 
 
-def transformer_weight_bytes(source, dtype: torch.dtype = torch.bfloat16, storage_dtype: torch.dtype | None = None,
-                             fp8_mode: str = "quality") -> int:  # fmt: skip
+def transformer_weight_bytes(
+    source, dtype: torch.dtype = torch.bfloat16, storage_dtype: torch.dtype | None = None, fp8_mode: str = "quality"
+) -> int:
     """Bytes the transformer at `source` (folder or single file) will hold, read from its safetensors headers."""
     from .loading.headers import read_headers
     from .loading.transformer import transformer_checkpoint
@@ -70,8 +75,12 @@ def transformer_weight_bytes(source, dtype: torch.dtype = torch.bfloat16, storag
     return tensor_bytes(shapes, rule, fp8_mode == "scaled" and storage_dtype in FP8_DTYPES, itemsizes)
 
 
-def module_weight_bytes(module: torch.nn.Module, dtype: torch.dtype = torch.bfloat16,
-                        storage_dtype: torch.dtype | None = None, fp8_mode: str = "quality") -> int:  # fmt: skip
+def module_weight_bytes(
+    module: torch.nn.Module,
+    dtype: torch.dtype = torch.bfloat16,
+    storage_dtype: torch.dtype | None = None,
+    fp8_mode: str = "quality",
+) -> int:
     """The same figure for a model built on the meta device (full-size variants without their files)."""
     shapes = {n: (tuple(t.shape), t.is_floating_point()) for n, t in module.state_dict().items()}
     rule = storage_rule(fp8_mode, storage_dtype, dtype)
@@ -85,8 +94,10 @@ def vae_weight_bytes(model_dir, dtype: torch.dtype) -> int:
 
     folder = _find_vae_folder(Path(model_dir))
     files = sorted(folder.glob("*.safetensors"))
-    return sum(info.numel * (_itemsize(dtype) if _is_float(info.dtype) else info.nbytes // max(info.numel, 1))
-               for info, _ in read_headers(files).values())  # fmt: skip
+    return sum(
+        info.numel * (_itemsize(dtype) if _is_float(info.dtype) else info.nbytes // max(info.numel, 1))
+        for info, _ in read_headers(files).values()
+    )
 
 
 def _is_float(safetensors_dtype) -> bool:
@@ -124,8 +135,15 @@ def video_tokens(width: int, height: int, frames: int, patch_size: int = PATCH_S
     return latent_frames * (height // pixels_per_token) * (width // pixels_per_token)
 
 
-def transformer_activation_bytes(inner_dim: int, width: int, height: int, frames: int, version: str = "v5.1",
-                                 cfg: bool = True, dtype: torch.dtype = torch.bfloat16) -> int:  # fmt: skip
+def transformer_activation_bytes(
+    inner_dim: int,
+    width: int,
+    height: int,
+    frames: int,
+    version: str = "v5.1",
+    cfg: bool = True,
+    dtype: torch.dtype = torch.bfloat16,
+) -> int:
     """Peak activation bytes of one transformer call (ESTIMATE): memory-efficient attention keeps no
     tokens×tokens matrix, so the peak is a block's live [batch, tokens, inner_dim] tensors."""
     tokens = video_tokens(width, height, frames) + TEXT_TOKENS[version]
@@ -179,9 +197,17 @@ def _gb(n: int) -> str:
     return f"{n / GIB:.1f} GB"
 
 
-def plan_memory(model: ModelBytes, width: int, height: int, frames: int, vram_budget: int,
-                storages: tuple[str, ...] = ("bf16", "fp8_e4m3fn"), cfg: bool = True,
-                compute_dtype: torch.dtype = torch.bfloat16, modes: tuple[str, ...] | None = None) -> Plan:  # fmt: skip
+def plan_memory(
+    model: ModelBytes,
+    width: int,
+    height: int,
+    frames: int,
+    vram_budget: int,
+    storages: tuple[str, ...] = ("bf16", "fp8_e4m3fn"),
+    cfg: bool = True,
+    compute_dtype: torch.dtype = torch.bfloat16,
+    modes: tuple[str, ...] | None = None,
+) -> Plan:
     """The fastest (mode, storage) whose estimated peak fits `vram_budget`, in this order: all resident, whole-model
     offload, block swap with as many resident blocks as fit; wider storage before fp8, except for block swap. When nothing
     fits, the smallest configuration, marked fits=False."""
@@ -223,30 +249,44 @@ def plan_memory(model: ModelBytes, width: int, height: int, frames: int, vram_bu
     return chosen
 
 
-STORAGE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
-                  "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}  # fmt: skip
+STORAGE_DTYPES = {
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "fp32": torch.float32,
+    "fp8_e4m3fn": torch.float8_e4m3fn,
+    "fp8_e5m2": torch.float8_e5m2,
+}
 
 
-def model_bytes_for_module(transformer: torch.nn.Module, text_encoder: int, vae: int, version: str,
-                           compute_dtype: torch.dtype = torch.bfloat16, fp8_mode: str = "quality",
-                           storages: tuple[str, ...] = ("bf16", "fp8_e4m3fn")) -> ModelBytes:  # fmt: skip
+def model_bytes_for_module(
+    transformer: torch.nn.Module,
+    text_encoder: int,
+    vae: int,
+    version: str,
+    compute_dtype: torch.dtype = torch.bfloat16,
+    fp8_mode: str = "quality",
+    storages: tuple[str, ...] = ("bf16", "fp8_e4m3fn"),
+) -> ModelBytes:
     """ModelBytes of a (meta or real) transformer for each storage label."""
     totals, blocks = {}, {}
     for label in storages:
         storage = STORAGE_DTYPES[label]
         totals[label] = module_weight_bytes(transformer, compute_dtype, storage, fp8_mode)
         blocks[label] = module_weight_bytes(transformer.transformer_blocks[-1], compute_dtype, storage, fp8_mode)
-    return ModelBytes(totals, blocks, len(transformer.transformer_blocks), transformer.params.inner_dim, text_encoder,
-                      vae, version)  # fmt: skip
+    return ModelBytes(
+        totals, blocks, len(transformer.transformer_blocks), transformer.params.inner_dim, text_encoder, vae, version
+    )
 
 
-def full_size_model_bytes(version: str, size: str, kind: str = "t2v", compute_dtype: torch.dtype = torch.bfloat16,
-                          fp8_mode: str = "quality") -> ModelBytes:  # fmt: skip
+def full_size_model_bytes(
+    version: str, size: str, kind: str = "t2v", compute_dtype: torch.dtype = torch.bfloat16, fp8_mode: str = "quality"
+) -> ModelBytes:
     """ModelBytes of a released variant from the registry alone (meta device; text encoder from released counts)."""
     transformer = full_size_transformer(version, size, kind)
     text = TEXT_ENCODER_PARAMS[version] * _itemsize(compute_dtype)
-    return model_bytes_for_module(transformer, text, full_size_vae_bytes(version, compute_dtype), version,
-                                  compute_dtype, fp8_mode)  # fmt: skip
+    return model_bytes_for_module(
+        transformer, text, full_size_vae_bytes(version, compute_dtype), version, compute_dtype, fp8_mode
+    )
 
 
 # -- RAM pre-flight ---------------------------------------------------------------------------------------------------
@@ -279,8 +319,9 @@ def check_ram(needed: int, what: str, path, hint: str, available: int | None = N
         )
 
 
-def model_bytes_for_transformer_files(source, compute_dtype: torch.dtype, storages: tuple[str, ...],
-                                      fp8_mode: str, version: str, folder=None) -> ModelBytes:  # fmt: skip
+def model_bytes_for_transformer_files(
+    source, compute_dtype: torch.dtype, storages: tuple[str, ...], fp8_mode: str, version: str, folder=None
+) -> ModelBytes:
     """ModelBytes of a model on disk, from its safetensors headers (text encoder: the released estimate when the
     folder is absent or a single file)."""
     from .loading.headers import read_headers
@@ -309,8 +350,11 @@ def model_bytes_for_transformer_files(source, compute_dtype: torch.dtype, storag
             f for d in ("text_encoder", "text_encoder_2") for f in sorted((Path(folder) / d).glob("*.safetensors"))
         ]
         if text_files:
-            text = sum(info.numel * _itemsize(compute_dtype) for key, (info, _) in read_headers(text_files).items()
-                       if not key.startswith(("visual.", "lm_head.")))  # fmt: skip
+            text = sum(
+                info.numel * _itemsize(compute_dtype)
+                for key, (info, _) in read_headers(text_files).items()
+                if not key.startswith(("visual.", "lm_head."))
+            )
         try:
             vae = vae_weight_bytes(folder, compute_dtype)
         except Exception:  # no vae folder: the node will say so when it needs it

@@ -85,8 +85,9 @@ class PinnedArena:
 
     @classmethod
     def for_modules(cls, modules, allocate: Callable[[int], torch.Tensor] = _pinned_bytes) -> "PinnedArena":
-        largest = max((t.numel() * t.element_size() for m in modules for t in (*m.parameters(), *m.buffers())),
-                      default=1)  # fmt: skip
+        largest = max(
+            (t.numel() * t.element_size() for m in modules for t in (*m.parameters(), *m.buffers())), default=1
+        )
         return cls(largest, allocate)
 
     @property
@@ -116,8 +117,15 @@ class PinnedArena:
 class Placement:
     """One module's home tensors (offload device) and, while loaded, its device copies."""
 
-    def __init__(self, module: nn.Module, device: torch.device, stats: OffloadStats, pin_memory: bool = False,
-                 pin: Callable[[torch.Tensor], torch.Tensor] | None = None, arena: PinnedArena | None = None):  # fmt: skip
+    def __init__(
+        self,
+        module: nn.Module,
+        device: torch.device,
+        stats: OffloadStats,
+        pin_memory: bool = False,
+        pin: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        arena: PinnedArena | None = None,
+    ):
         self.module, self.device, self.stats = module, torch.device(device), stats
         self.slots = list(_tensor_slots(module))
         self.home = []
@@ -195,8 +203,15 @@ class BlockSwap:
     streamed in one at a time with the next one prefetched. Use as a context manager around the sampling loop: on
     entry the non-block weights and the resident blocks go to the device, on exit everything returns home."""
 
-    def __init__(self, model: nn.Module, device, resident_blocks: int = 0, stats: OffloadStats | None = None,
-                 prefetch: bool = True, pin_memory: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        device,
+        resident_blocks: int = 0,
+        stats: OffloadStats | None = None,
+        prefetch: bool = True,
+        pin_memory: bool = True,
+    ):
         self.model, self.device = model, torch.device(device)
         self.stats = stats if stats is not None else OffloadStats()
         blocks = model.transformer_blocks
@@ -256,8 +271,9 @@ class BlockSwap:
         self.stats.block_evictions += 1
 
 
-def transformer_placement(model: nn.Module, mode: str, device, resident_blocks: int = 0,
-                          stats: OffloadStats | None = None):  # fmt: skip
+def transformer_placement(
+    model: nn.Module, mode: str, device, resident_blocks: int = 0, stats: OffloadStats | None = None
+):
     """The context manager that puts the transformer where `mode` wants it for one sampling run."""
     if mode not in MEMORY_MODES:
         raise ValueError(f"memory mode must be one of {MEMORY_MODES}, got {mode!r}")

@@ -253,9 +253,18 @@ class ParallelTransformer:
 # -- cost model (docs/parallel.md, cost model) ---------------------------------------------------------------------------
 
 
-def comm_bytes_per_call(text_tokens: int, video_tokens: int, heads: int, head_dim: int, layers: int, sp: int,
-                        cfg_parallel: bool = False, cfg_batch: int = 2, element_bytes: int = 2,
-                        out_channels: int = 64) -> int:  # fmt: skip
+def comm_bytes_per_call(
+    text_tokens: int,
+    video_tokens: int,
+    heads: int,
+    head_dim: int,
+    layers: int,
+    sp: int,
+    cfg_parallel: bool = False,
+    cfg_batch: int = 2,
+    element_bytes: int = 2,
+    out_channels: int = 64,
+) -> int:
     """Bytes one rank sends during one transformer call (one sampling step), as implemented above.
 
     Per block, Ulysses (heads % sp == 0): q/k/v all-to-all 3·b·n·(h/sp)·D·(sp-1), text output all-gather
@@ -277,8 +286,16 @@ def comm_bytes_per_call(text_tokens: int, video_tokens: int, heads: int, head_di
     return total * element_bytes
 
 
-def flops_per_call(text_tokens: int, video_tokens: int, heads: int, head_dim: int, layers: int, sp: int,
-                   cfg_parallel: bool = False, cfg_batch: int = 2) -> float:  # fmt: skip
+def flops_per_call(
+    text_tokens: int,
+    video_tokens: int,
+    heads: int,
+    head_dim: int,
+    layers: int,
+    sp: int,
+    cfg_parallel: bool = False,
+    cfg_batch: int = 2,
+) -> float:
     """Multiply-add x 2 of one rank's transformer call: projections and feed-forward (24·d² per token: q,k,v,out
     4·d², FF 2·4·d²) on its video shard plus the replicated text, and attention 4·(T+N)·(T+N)·D per head on its
     heads (Ulysses) or its queries (fallback) — both a 1/sp share of the (T+N)² term."""

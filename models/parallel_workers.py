@@ -104,10 +104,13 @@ class WorkerPool:
         env = dict(os.environ, **{AUTHKEY_ENV: authkey.hex()})
         world = len(spec.devices)
         self.processes = [
-            subprocess.Popen([sys.executable, "-m", "models.parallel_workers", json.dumps({**config, "rank": rank})],
-                             cwd=PACK_ROOT, env=env)
+            subprocess.Popen(
+                [sys.executable, "-m", "models.parallel_workers", json.dumps({**config, "rank": rank})],
+                cwd=PACK_ROOT,
+                env=env,
+            )
             for rank in range(world)
-        ]  # fmt: skip
+        ]
         self.connections: list = [None] * world
         try:
             self._accept(start_timeout)
@@ -146,8 +149,10 @@ class WorkerPool:
         for rank, process in enumerate(self.processes):
             code = process.poll()
             if code is not None and waiting[rank] is None:
-                raise WorkerError(f"parallel worker {rank} ({self.spec.devices[rank]}) exited with code {code}; "
-                                  "see the console above for its message")  # fmt: skip
+                raise WorkerError(
+                    f"parallel worker {rank} ({self.spec.devices[rank]}) exited with code {code}; "
+                    "see the console above for its message"
+                )
 
     def _collect(self, expected: tuple[str, ...], timeout: float | None, interrupt=None):
         """Each worker's reply (kind, value); fails the pool on an error, a death or a timeout."""
@@ -198,8 +203,10 @@ class WorkerPool:
                 _send(connection, ("call", self._call_id, inputs))
             except OSError:  # broken pipe / reset: the worker died between calls
                 self.close()
-                raise WorkerError(f"parallel worker {rank} ({self.spec.devices[rank]}) failed: its connection "
-                                  "closed (the process died)") from None  # fmt: skip
+                raise WorkerError(
+                    f"parallel worker {rank} ({self.spec.devices[rank]}) failed: its connection "
+                    "closed (the process died)"
+                ) from None
         return self._collect(("result",), None, interrupt)[0][1]
 
     def close(self) -> None:
@@ -233,8 +240,9 @@ class RemoteTransformer(nn.Module):
         super().__init__()
         self.pool = pool
 
-    def forward(self, latents, timestep, text, text_t5=None, *, options: TransformerOptions | None = None,
-                **conditions):  # fmt: skip
+    def forward(
+        self, latents, timestep, text, text_t5=None, *, options: TransformerOptions | None = None, **conditions
+    ):
         options = NO_OPTIONS if options is None else options
         teacache, step_index = options.teacache, options.step_index
         cpu = lambda t: t if not isinstance(t, torch.Tensor) else t.detach().cpu()  # noqa: E731
@@ -283,8 +291,9 @@ class ParallelModel:
         names = {dtype: name for table in (DTYPES, STORAGE_DTYPES) for name, dtype in table.items()}
         storage = None if model.storage_dtype is None else names[model.storage_dtype]
         precision = names[model.dtype]
-        self.spec = PoolSpec(str(model.path), precision, storage, model.fp8_mode, parse_devices(devices), sp,
-                             cfg_parallel)  # fmt: skip
+        self.spec = PoolSpec(
+            str(model.path), precision, storage, model.fp8_mode, parse_devices(devices), sp, cfg_parallel
+        )
 
     def __getattr__(self, name):
         return getattr(self.model, name)
@@ -332,13 +341,17 @@ def worker_main(config: dict) -> int:
         else:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // len(spec.devices)))
         dist.init_process_group(
-            "nccl" if device.type == "cuda" else "gloo", init_method=f"tcp://127.0.0.1:{config['rendezvous_port']}",
-            rank=rank, world_size=len(spec.devices), timeout=timedelta(minutes=30),
-        )  # fmt: skip
+            "nccl" if device.type == "cuda" else "gloo",
+            init_method=f"tcp://127.0.0.1:{config['rendezvous_port']}",
+            rank=rank,
+            world_size=len(spec.devices),
+            timeout=timedelta(minutes=30),
+        )
         groups = make_groups(spec.sp, spec.cfg_parallel)
         model = open_model(spec.model_path, spec.precision, spec.weight_storage, "gpu", 0, spec.fp8_mode)
-        parallel = ParallelTransformer(model.transformer(device=device, log=print if rank == 0 else lambda *_: None),
-                                       groups)  # fmt: skip
+        parallel = ParallelTransformer(
+            model.transformer(device=device, log=print if rank == 0 else lambda *_: None), groups
+        )
         _send(connection, ("ready", None))
     except Exception:  # noqa: BLE001 - reported to the host, which shows it in the UI
         _send(connection, ("error", traceback.format_exc(limit=4)))

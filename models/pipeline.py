@@ -202,9 +202,12 @@ def denoise(
     device = latents.device
     cond = {
         name: None if t is None else torch.cat([t.to(device=device, dtype=dtype)] * copies)
-        for name, t in (("inpaint_latents", conditioning.inpaint), ("control_latents", conditioning.control),
-                        ("ref_latents", conditioning.ref))
-    }  # fmt: skip
+        for name, t in (
+            ("inpaint_latents", conditioning.inpaint),
+            ("control_latents", conditioning.control),
+            ("ref_latents", conditioning.ref),
+        )
+    }
     text = tuple(t.to(device=device, dtype=dtype) for t in text)
     total = sampler.num_model_calls
     for i in range(total):
@@ -271,8 +274,10 @@ def check_request(variant, request: Request) -> None:
             "Camera Pose File) to the sampler's camera input."
         )
     if kind == "control_camera" and request.control_video is not None:
-        raise ValueError(f"{variant.name} is steered by the camera input; a Control-Camera model takes no control "
-                         "video. Disconnect control_video, or load a Control model.")  # fmt: skip
+        raise ValueError(
+            f"{variant.name} is steered by the camera input; a Control-Camera model takes no control "
+            "video. Disconnect control_video, or load a Control model."
+        )
     takes_reference = kind in ("control", "control_camera") and variant.add_ref_latent_in_control_model
     if request.reference_image is not None and not takes_reference:  # other kinds would ignore it silently
         raise ValueError(f"a reference image needs a V5.1 Control model; {variant.name} does not take one.")
@@ -308,9 +313,13 @@ def generate(
     on the CPU in float32. `text_streams` are in CFG order (see `denoise`)."""
     shape = latent_shape(request.width, request.height, request.frames)
     sampler = make_scheduler(
-        request.scheduler, variant.version, request.steps, device=device, strength=request.denoise_strength,
+        request.scheduler,
+        variant.version,
+        request.steps,
+        device=device,
+        strength=request.denoise_strength,
         config=scheduler_config,
-    )  # fmt: skip
+    )
     generator = torch.Generator("cpu").manual_seed(request.seed)
     noise = initial_noise if initial_noise is not None else randn(shape, generator, "cpu", torch.float32)
     kind = variant.kind
@@ -355,9 +364,19 @@ def generate(
     if teacache_threshold > 0.0 and coefficients is not None:
         teacache = TeaCache(coefficients, teacache_threshold, sampler.num_model_calls, skip_start=teacache_skip_start)
     latents = denoise(
-        transformer, sampler, text_streams, latents, conditioning, request.guidance_scale,
-        request.guidance_rescale, generator, teacache, progress, interrupt, on_step,
-    )  # fmt: skip
+        transformer,
+        sampler,
+        text_streams,
+        latents,
+        conditioning,
+        request.guidance_scale,
+        request.guidance_rescale,
+        generator,
+        teacache,
+        progress,
+        interrupt,
+        on_step,
+    )
     return latents.float().cpu()
 
 

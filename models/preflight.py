@@ -66,8 +66,11 @@ def frames_problem(value) -> str | None:
 
 def input_problems(width, height, frames) -> dict[str, str]:
     """{input name: its one problem} for a requested video size; empty when every input is valid."""
-    problems = {"width": side_problem("width", width), "height": side_problem("height", height),
-                "frames": frames_problem(frames)}  # fmt: skip
+    problems = {
+        "width": side_problem("width", width),
+        "height": side_problem("height", height),
+        "frames": frames_problem(frames),
+    }
     return {name: problem for name, problem in problems.items() if problem}
 
 
@@ -130,8 +133,10 @@ def nearest_fitting_requests(fits: Callable[[int, int, int], bool], width: int, 
 
     def scaled(step: int) -> tuple[int, int]:  # step 1..longest/16: the longer side in multiples of 16
         ratio = step * SIDE_MULTIPLE / max(width, height)
-        return (max(MIN_SIDE, int(width * ratio) // SIDE_MULTIPLE * SIDE_MULTIPLE),
-                max(MIN_SIDE, int(height * ratio) // SIDE_MULTIPLE * SIDE_MULTIPLE))  # fmt: skip
+        return (
+            max(MIN_SIDE, int(width * ratio) // SIDE_MULTIPLE * SIDE_MULTIPLE),
+            max(MIN_SIDE, int(height * ratio) // SIDE_MULTIPLE * SIDE_MULTIPLE),
+        )
 
     step = largest_fitting(lambda s: fits(*scaled(s), frames), 1, max(width, height) // SIDE_MULTIPLE - 1)
     if step is not None:
@@ -169,7 +174,7 @@ def storage_label(model) -> str:
 
 def model_bytes(model, storages: tuple[str, ...]):
     """The memory model's ModelBytes for a ModelComponents (transformer headers; VAE/text from its folder)."""
-    from .lora import add_lora_bytes
+    from .lora_model import add_lora_bytes
     from .memory import model_bytes_for_transformer_files
 
     folder = model.companion if model.detection.layout == "single_file" else model.path
@@ -189,13 +194,24 @@ def gpu_peak(model, width: int, height: int, frames: int, cfg: bool = True) -> i
     if not torch.cuda.is_available() or input_problems(width, height, frames):
         return 0
     label = storage_label(model)
-    chosen = plan_memory(model_bytes(model, (label,)), width, height, frames, 1 << 62, (label,), cfg, model.dtype,
-                         ("gpu",))  # fmt: skip
+    chosen = plan_memory(
+        model_bytes(model, (label,)), width, height, frames, 1 << 62, (label,), cfg, model.dtype, ("gpu",)
+    )
     return chosen.peak_vram + CUDA_RESERVE
 
 
-def check_request(model, device, width: int, height: int, frames: int, cfg: bool = True, free_vram: int | None = None,
-                  ram: int | None = None, threads: int | None = None, log: Callable[[str], None] = print) -> Price:  # fmt: skip
+def check_request(
+    model,
+    device,
+    width: int,
+    height: int,
+    frames: int,
+    cfg: bool = True,
+    free_vram: int | None = None,
+    ram: int | None = None,
+    threads: int | None = None,
+    log: Callable[[str], None] = print,
+) -> Price:
     """Refuse (RequestRefused) a sampling request for `model` (a ModelComponents) that is out of limits, would not fit
     this device's memory, or would run a block longer than MAX_UNINTERRUPTIBLE_SECONDS; else its Price. Reads
     headers only: call it before loading and again before sampling."""
@@ -226,8 +242,9 @@ def check_request(model, device, width: int, height: int, frames: int, cfg: bool
 
     block_seconds = seconds(width, height, frames)
     if block_seconds > MAX_UNINTERRUPTIBLE_SECONDS:
-        fast = nearest_fitting_requests(lambda w, h, f: seconds(w, h, f) <= MAX_UNINTERRUPTIBLE_SECONDS,
-                                        width, height, frames)  # fmt: skip
+        fast = nearest_fitting_requests(
+            lambda w, h, f: seconds(w, h, f) <= MAX_UNINTERRUPTIBLE_SECONDS, width, height, frames
+        )
         raise too_slow(what, block_seconds, fast)
     resident = 0 if loaded_plan is not None else weights.transformer[storages[0]]  # already in RAM: counted as used
 
@@ -237,11 +254,17 @@ def check_request(model, device, width: int, height: int, frames: int, cfg: bool
             activations = transformer_activation_bytes(weights.inner_dim, w, h, f, model.version, cfg, model.dtype)
             return int((resident + activations) * RAM_HEADROOM)
 
-        price = Price(ram_needed(width, height, frames) <= ram, ram_needed(width, height, frames), ram,
-                      seconds_between_checks=block_seconds, mode="cpu")  # fmt: skip
+        price = Price(
+            ram_needed(width, height, frames) <= ram,
+            ram_needed(width, height, frames),
+            ram,
+            seconds_between_checks=block_seconds,
+            mode="cpu",
+        )
         if not price.fits:
-            raise refusal(what, price, nearest_fitting_requests(lambda w, h, f: ram_needed(w, h, f) <= ram,
-                                                                width, height, frames))  # fmt: skip
+            raise refusal(
+                what, price, nearest_fitting_requests(lambda w, h, f: ram_needed(w, h, f) <= ram, width, height, frames)
+            )
         log(f"EasyAnimate pre-flight {what}: {price.describe()}, longest block ~{block_seconds:.1f} s")
         return price
 
@@ -257,8 +280,15 @@ def check_request(model, device, width: int, height: int, frames: int, cfg: bool
         return chosen.fits and chosen.ram_needed * RAM_HEADROOM <= ram_room
 
     chosen = plan(width, height, frames, None if mode == "auto" else (mode,))
-    price = Price(fits(width, height, frames), int(chosen.ram_needed * RAM_HEADROOM), ram_room,
-                  chosen.peak_vram, vram, block_seconds, chosen.mode)  # fmt: skip
+    price = Price(
+        fits(width, height, frames),
+        int(chosen.ram_needed * RAM_HEADROOM),
+        ram_room,
+        chosen.peak_vram,
+        vram,
+        block_seconds,
+        chosen.mode,
+    )
     if not price.fits:
         other_modes = [
             m
@@ -274,8 +304,16 @@ def check_request(model, device, width: int, height: int, frames: int, cfg: bool
 
 WEIGHT_FOLDERS = ("vae", "text_encoder", "text_encoder_2")
 TOKENIZER_FOLDERS = ("tokenizer", "tokenizer_2", "text_encoder")  # Qwen2-VL also ships its tokenizer files here
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "special_tokens_map.json",
-                   "vocab.txt", "merges.txt", "spiece.model", "chat_template.json")  # fmt: skip
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "merges.txt",
+    "spiece.model",
+    "chat_template.json",
+)
 
 
 def check_component_files(folder) -> int:
@@ -304,8 +342,9 @@ def check_component_files(folder) -> int:
                 try:
                     json.loads(file.read_bytes())
                 except (UnicodeDecodeError, ValueError) as error:
-                    raise CheckpointError(f"{file} is truncated or corrupt (not valid JSON: {error}). Re-download "
-                                          f"it into {file.parent}.") from None  # fmt: skip
+                    raise CheckpointError(
+                        f"{file} is truncated or corrupt (not valid JSON: {error}). Re-download it into {file.parent}."
+                    ) from None
     return checked
 
 

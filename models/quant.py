@@ -128,8 +128,9 @@ class ScaledLoader:
     full-precision tensor exists at any time."""
 
     def __init__(self, model: torch.nn.Module, rule: Callable[[str], torch.dtype], fp8_dtype, compute_dtype):
-        self.linears = {f"{name}.weight": module for name, module in model.named_modules()
-                        if isinstance(module, ScaledLinear)}  # fmt: skip
+        self.linears = {
+            f"{name}.weight": module for name, module in model.named_modules() if isinstance(module, ScaledLinear)
+        }
         self.rule, self.fp8_dtype, self.compute_dtype = rule, fp8_dtype, compute_dtype
         self.pending: str | None = None
 

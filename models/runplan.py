@@ -31,8 +31,10 @@ def resolve_scheduler(variant, name: str) -> str:
         return variant.default_scheduler
     choices = SCHEDULERS_BY_VERSION[variant.version]
     if name not in choices:
-        raise ValueError(f"scheduler {name!r} does not work with {variant.name} ({variant.version.upper()}); choose "
-                         f"one of {', '.join(choices)} (or auto = {variant.default_scheduler}).")  # fmt: skip
+        raise ValueError(
+            f"scheduler {name!r} does not work with {variant.name} ({variant.version.upper()}); choose "
+            f"one of {', '.join(choices)} (or auto = {variant.default_scheduler})."
+        )
     return name
 
 
@@ -70,8 +72,9 @@ class RunPlan:
 
     def load_transformer(self, interrupt: Callable[[], None] | None = None):
         """The transformer, loaded for this run's size and the free memory priced before loading."""
-        return self.model.transformer(device=self.device, interrupt=interrupt, size=self.size,
-                                      free_vram=self.price.vram_available or None)  # fmt: skip
+        return self.model.transformer(
+            device=self.device, interrupt=interrupt, size=self.size, free_vram=self.price.vram_available or None
+        )
 
     def residency(self, transformer) -> Residency:
         """Resident (gpu) mode: ComfyUI holds the transformer itself, fully loaded. Offload modes: the text encoder
@@ -98,8 +101,9 @@ class RunPlan:
         return oom_advice(mode, "?" if plan is None else plan.storage, *self.size)
 
 
-def plan_run(model, request, embeddings_version: str, device,
-             free_vram: Callable[[torch.device, int], int | None]) -> RunPlan:  # fmt: skip
+def plan_run(
+    model, request, embeddings_version: str, device, free_vram: Callable[[torch.device, int], int | None]
+) -> RunPlan:
     """Validate `request` (a models.pipeline.Request) for `model` and price it, reading headers only; ValueError /
     preflight.RequestRefused name what to change. `free_vram(device, wanted)` asks the host how much device memory is
     free once `wanted` bytes were asked for (None on the CPU)."""

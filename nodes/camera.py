@@ -15,10 +15,16 @@ CAMERA = "EASYANIMATE_CAMERA"
 CATEGORY = "EasyAnimate/camera"
 _PRESET_NAMES = list(PRESETS)
 _PRESET_TOOLTIP = "The official CameraCtrl presets; ACW/CW roll the camera."
-_SPEED = ("FLOAT", {
-    "default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05,
-    "tooltip": "1 = the official move (π/3 rotation or 1.5 units of travel over the clip).",
-})  # fmt: skip
+_SPEED = (
+    "FLOAT",
+    {
+        "default": 1.0,
+        "min": -10.0,
+        "max": 10.0,
+        "step": 0.05,
+        "tooltip": "1 = the official move (π/3 rotation or 1.5 units of travel over the clip).",
+    },
+)
 
 
 class _CameraNode:
@@ -118,7 +124,7 @@ class EasyAnimateCameraPoseFile(_CameraNode):
                         "max": 24,
                         "tooltip": "Frame rate of the video to make (EasyAnimate: 8).",
                     },
-                ),  # fmt: skip
+                ),
             }
         }
 

@@ -36,48 +36,93 @@ class EasyAnimateControlPreprocessor:
             "required": {
                 "images": ("IMAGE", {"tooltip": "The source video frames."}),
                 "method": (list(METHODS), {"default": "canny", "tooltip": _NETWORK_NOTE}),
-                "detect_resolution": ("INT", {
-                    "default": 512, "min": 64, "max": 2048, "step": 64,
-                    "tooltip": "Short side the network methods detect at; the result is resized back to the input "
-                    "size. Canny always runs at the input size.",
-                }),
-                "canny_low_threshold": ("INT", {
-                    "default": 100, "min": 0, "max": 1000, "step": 1,
-                    "tooltip": "canny: gradients below this are never edges.",
-                }),
-                "canny_high_threshold": ("INT", {
-                    "default": 200, "min": 0, "max": 1000, "step": 1,
-                    "tooltip": "canny: gradients above this always start an edge.",
-                }),
-                "depth_background_threshold": ("FLOAT", {
-                    "default": 0.1, "min": 0.0, "max": 1.0, "step": 0.01,
-                    "tooltip": "depth: parts farther than this fraction of the clip's depth range turn black; "
-                    "0 keeps everything.",
-                }),
+                "detect_resolution": (
+                    "INT",
+                    {
+                        "default": 512,
+                        "min": 64,
+                        "max": 2048,
+                        "step": 64,
+                        "tooltip": "Short side the network methods detect at; the result is resized back to the input "
+                        "size. Canny always runs at the input size.",
+                    },
+                ),
+                "canny_low_threshold": (
+                    "INT",
+                    {
+                        "default": 100,
+                        "min": 0,
+                        "max": 1000,
+                        "step": 1,
+                        "tooltip": "canny: gradients below this are never edges.",
+                    },
+                ),
+                "canny_high_threshold": (
+                    "INT",
+                    {
+                        "default": 200,
+                        "min": 0,
+                        "max": 1000,
+                        "step": 1,
+                        "tooltip": "canny: gradients above this always start an edge.",
+                    },
+                ),
+                "depth_background_threshold": (
+                    "FLOAT",
+                    {
+                        "default": 0.1,
+                        "min": 0.0,
+                        "max": 1.0,
+                        "step": 0.01,
+                        "tooltip": "depth: parts farther than this fraction of the clip's depth range turn black; "
+                        "0 keeps everything.",
+                    },
+                ),
                 "pose_body": ("BOOLEAN", {"default": True, "tooltip": "openpose: draw the body skeleton."}),
                 "pose_hands": ("BOOLEAN", {"default": False, "tooltip": "openpose: detect and draw hands."}),
                 "pose_face": ("BOOLEAN", {"default": False, "tooltip": "openpose: detect and draw the face."}),
-                "mlsd_score_threshold": ("FLOAT", {
-                    "default": 0.1, "min": 0.01, "max": 2.0, "step": 0.01,
-                    "tooltip": "mlsd: minimum line confidence.",
-                }),
-                "mlsd_distance_threshold": ("FLOAT", {
-                    "default": 0.1, "min": 0.01, "max": 20.0, "step": 0.01,
-                    "tooltip": "mlsd: minimum line length, in pixels at detect resolution.",
-                }),
-                "hed_safe": ("BOOLEAN", {
-                    "default": False,
-                    "tooltip": "hed / scribble: quantise the soft edges (ControlNet's 'safe' mode).",
-                }),
+                "mlsd_score_threshold": (
+                    "FLOAT",
+                    {
+                        "default": 0.1,
+                        "min": 0.01,
+                        "max": 2.0,
+                        "step": 0.01,
+                        "tooltip": "mlsd: minimum line confidence.",
+                    },
+                ),
+                "mlsd_distance_threshold": (
+                    "FLOAT",
+                    {
+                        "default": 0.1,
+                        "min": 0.01,
+                        "max": 20.0,
+                        "step": 0.01,
+                        "tooltip": "mlsd: minimum line length, in pixels at detect resolution.",
+                    },
+                ),
+                "hed_safe": (
+                    "BOOLEAN",
+                    {
+                        "default": False,
+                        "tooltip": "hed / scribble: quantise the soft edges (ControlNet's 'safe' mode).",
+                    },
+                ),
             },
             "optional": {
-                "max_frames": ("INT", {
-                    "default": 0, "min": 0, "max": 4096, "step": 1,
-                    "tooltip": "Process only the first N frames (0 = all). Set it to the sampler's frames so no "
-                    "frame is processed that the sampler would not use.",
-                }),
+                "max_frames": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": 4096,
+                        "step": 1,
+                        "tooltip": "Process only the first N frames (0 = all). Set it to the sampler's frames so no "
+                        "frame is processed that the sampler would not use.",
+                    },
+                ),
             },
-        }  # fmt: skip
+        }
 
     def execute(
         self,

@@ -18,10 +18,17 @@ class EasyAnimateLastFrames:
         return {
             "required": {
                 "images": ("IMAGE",),
-                "count": ("INT", {"default": 9, "min": 1, "max": 64,
-                                  "tooltip": "Frames carried over (the overlap). 4k+1 fills whole latent frames."}),
+                "count": (
+                    "INT",
+                    {
+                        "default": 9,
+                        "min": 1,
+                        "max": 64,
+                        "tooltip": "Frames carried over (the overlap). 4k+1 fills whole latent frames.",
+                    },
+                ),
             }
-        }  # fmt: skip
+        }
 
     def take(self, images, count):
         from ..models.editing import last_frames
@@ -45,10 +52,12 @@ class EasyAnimateCrossfadeJoin:
             "required": {
                 "first": ("IMAGE",),
                 "second": ("IMAGE",),
-                "overlap": ("INT", {"default": 9, "min": 0, "max": 64,
-                                    "tooltip": "The count given to Last Frames; 0 just appends."}),
+                "overlap": (
+                    "INT",
+                    {"default": 9, "min": 0, "max": 64, "tooltip": "The count given to Last Frames; 0 just appends."},
+                ),
             }
-        }  # fmt: skip
+        }
 
     def join(self, first, second, overlap):
         from ..models.editing import crossfade_join

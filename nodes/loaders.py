@@ -146,9 +146,18 @@ class EasyAnimateModelLoader:
             },
         }
 
-    def load(self, model, precision, weight_storage, memory_mode=MEMORY_MODE_CHOICES[0], resident_blocks=0,
-             fp8_mode=FP8_MODES[0], attention=ATTENTION_CHOICES[0], compile=False,
-             text_encoder_storage=SAME_AS_PRECISION):  # fmt: skip
+    def load(
+        self,
+        model,
+        precision,
+        weight_storage,
+        memory_mode=MEMORY_MODE_CHOICES[0],
+        resident_blocks=0,
+        fp8_mode=FP8_MODES[0],
+        attention=ATTENTION_CHOICES[0],
+        compile=False,
+        text_encoder_storage=SAME_AS_PRECISION,
+    ):
         from ..models.components import open_model
 
         storage = None if weight_storage == SAME_AS_PRECISION else weight_storage

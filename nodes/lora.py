@@ -46,23 +46,49 @@ class EasyAnimateLora:
             "required": {
                 "model": ("EASYANIMATE_MODEL",),
                 "lora_name": (list_loras() or [NO_LORAS], {"tooltip": "A .safetensors file in models/loras."}),
-                "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
-                                       "tooltip": "Multiplier m of m · alpha/rank · up @ down (0 = off)."}),
+                "strength": (
+                    "FLOAT",
+                    {
+                        "default": 1.0,
+                        "min": -10.0,
+                        "max": 10.0,
+                        "step": 0.01,
+                        "tooltip": "Multiplier m of m · alpha/rank · up @ down (0 = off).",
+                    },
+                ),
             },
             "optional": {
-                "apply": (APPLY_MODES, {"default": APPLY_MODES[0], "tooltip": (
-                    "delta in forward: exact, any memory mode, fp8-safe. merge: the stack (up to this node) is merged "
-                    "in fp32 into a compute-dtype copy of each targeted layer for the run — faster on a GPU, costs "
-                    "that copy's memory.")}),
-                "text_encoder_ratio": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01, "tooltip": (
-                    "V5 only: strength of the LoRA's text-encoder part (lora_te_, Bert) as a multiple of `strength`. "
-                    "1 = the same strength, as the original EasyAnimate plugin applies; 0 = prompts are encoded "
-                    "without it. Connect the Text Encode node's model to this node's output for it to apply.")}),
+                "apply": (
+                    APPLY_MODES,
+                    {
+                        "default": APPLY_MODES[0],
+                        "tooltip": (
+                            "delta in forward: exact, any memory mode, fp8-safe. merge: the stack (up to this node) is merged "
+                            "in fp32 into a compute-dtype copy of each targeted layer for the run — faster on a GPU, costs "
+                            "that copy's memory."
+                        ),
+                    },
+                ),
+                "text_encoder_ratio": (
+                    "FLOAT",
+                    {
+                        "default": 1.0,
+                        "min": -10.0,
+                        "max": 10.0,
+                        "step": 0.01,
+                        "tooltip": (
+                            "V5 only: strength of the LoRA's text-encoder part (lora_te_, Bert) as a multiple of `strength`. "
+                            "1 = the same strength, as the original EasyAnimate plugin applies; 0 = prompts are encoded "
+                            "without it. Connect the Text Encode node's model to this node's output for it to apply."
+                        ),
+                    },
+                ),
             },
-        }  # fmt: skip
+        }
 
     def apply(self, model, lora_name, strength, apply=APPLY_MODES[0], text_encoder_ratio=1.0):
-        from ..models.lora import load_lora_file, with_lora
+        from ..models.lora import load_lora_file
+        from ..models.lora_model import with_lora
 
         weights = load_lora_file(resolve_lora(lora_name))
         merge = apply == APPLY_MODES[1]

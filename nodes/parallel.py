@@ -23,16 +23,32 @@ class EasyAnimateParallelOptions:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "devices": ("STRING", {"default": "cuda:0,cuda:1",
-                                       "tooltip": "Comma-separated devices, one worker each (cpu,cpu for testing)."}),
-                "sequence_parallel": ("INT", {"default": 0, "min": 0, "max": 64,
-                                              "tooltip": "Ranks splitting the video tokens; 0 = all devices not "
-                                                         "taken by cfg_parallel."}),
-                "cfg_parallel": ("BOOLEAN", {"default": False,
-                                             "tooltip": "Negative and positive halves on two device groups "
-                                                        "(needs an even device count and cfg > 1)."}),
+                "devices": (
+                    "STRING",
+                    {
+                        "default": "cuda:0,cuda:1",
+                        "tooltip": "Comma-separated devices, one worker each (cpu,cpu for testing).",
+                    },
+                ),
+                "sequence_parallel": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": 64,
+                        "tooltip": "Ranks splitting the video tokens; 0 = all devices not taken by cfg_parallel.",
+                    },
+                ),
+                "cfg_parallel": (
+                    "BOOLEAN",
+                    {
+                        "default": False,
+                        "tooltip": "Negative and positive halves on two device groups "
+                        "(needs an even device count and cfg > 1).",
+                    },
+                ),
             }
-        }  # fmt: skip
+        }
 
     @classmethod
     def VALIDATE_INPUTS(cls, devices, sequence_parallel, cfg_parallel):

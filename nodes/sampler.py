@@ -95,11 +95,11 @@ class EasyAnimateVideoSampler:
                         "step": 0.005,
                         "tooltip": "TeaCache: skip steps whose input barely changed (0 = off; V5.1 only).",
                     },
-                ),  # fmt: skip
+                ),
                 "teacache_skip_start": (
                     "INT",
                     {"default": 0, "min": 0, "max": 200, "tooltip": "Always compute this many first steps."},
-                ),  # fmt: skip
+                ),
             },
             "optional": {
                 "start_image": ("IMAGE", {"tooltip": "InP models: first frame(s)."}),
@@ -136,10 +136,32 @@ class EasyAnimateVideoSampler:
 
         return True if frames is None else (frames_problem(frames) or True)
 
-    def sample(self, model, embeddings, width, height, frames, steps, cfg, seed, scheduler, teacache_threshold,
-               teacache_skip_start, start_image=None, end_image=None, input_video=None, denoise_strength=1.0,
-               control_video=None, reference_image=None, guidance_rescale=0.0, camera=None, mask=None,
-               mask_composite=True, mask_feather=8, parallel=None):  # fmt: skip
+    def sample(
+        self,
+        model,
+        embeddings,
+        width,
+        height,
+        frames,
+        steps,
+        cfg,
+        seed,
+        scheduler,
+        teacache_threshold,
+        teacache_skip_start,
+        start_image=None,
+        end_image=None,
+        input_video=None,
+        denoise_strength=1.0,
+        control_video=None,
+        reference_image=None,
+        guidance_rescale=0.0,
+        camera=None,
+        mask=None,
+        mask_composite=True,
+        mask_feather=8,
+        parallel=None,
+    ):
         from ..models import pipeline
         from ..models.frames import fit_clip_length  # clips of any length (VHS): docs/compatibility.md, clip length
         from ..models.preflight import input_problems
@@ -164,12 +186,22 @@ class EasyAnimateVideoSampler:
             return resized if count is None else pipeline.fit_frames(resized, count)
 
         request = pipeline.Request(
-            width=width, height=height, frames=frames, steps=steps, guidance_scale=cfg, seed=seed,
-            scheduler=scheduler, guidance_rescale=guidance_rescale, start_images=frames_of(start_image),
-            end_images=frames_of(end_image), input_video=frames_of(input_video, frames),
-            denoise_strength=denoise_strength, control_video=frames_of(control_video, frames),
-            reference_image=None if reference_image is None else frames_of(reference_image)[:1], camera=camera,
-        )  # fmt: skip
+            width=width,
+            height=height,
+            frames=frames,
+            steps=steps,
+            guidance_scale=cfg,
+            seed=seed,
+            scheduler=scheduler,
+            guidance_rescale=guidance_rescale,
+            start_images=frames_of(start_image),
+            end_images=frames_of(end_image),
+            input_video=frames_of(input_video, frames),
+            denoise_strength=denoise_strength,
+            control_video=frames_of(control_video, frames),
+            reference_image=None if reference_image is None else frames_of(reference_image)[:1],
+            camera=camera,
+        )
         if mask is not None:
             from ..models.editing import prepare_mask
 
@@ -190,12 +222,20 @@ class EasyAnimateVideoSampler:
             run.recheck(free_vram(device))
             with model.placement(transformer, device):
                 latents = pipeline.generate(
-                    transformer, model.vae(device=device), _text_streams(embeddings, run.cfg), run.request,
-                    variant=variant, scheduler_config=model.scheduler_config(), device=device, dtype=model.dtype,
-                    teacache_threshold=teacache_threshold, teacache_skip_start=teacache_skip_start,
+                    transformer,
+                    model.vae(device=device),
+                    _text_streams(embeddings, run.cfg),
+                    run.request,
+                    variant=variant,
+                    scheduler_config=model.scheduler_config(),
+                    device=device,
+                    dtype=model.dtype,
+                    teacache_threshold=teacache_threshold,
+                    teacache_skip_start=teacache_skip_start,
                     interrupt=check_interrupt,
-                    on_step=lambda i, x: latest.__setitem__("latents", x), progress=report,
-                )  # fmt: skip
+                    on_step=lambda i, x: latest.__setitem__("latents", x),
+                    progress=report,
+                )
         except Exception as error:
             if not is_out_of_memory(error):
                 raise

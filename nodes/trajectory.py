@@ -12,7 +12,7 @@ from ..models.defaults import (
     MIN_FRAMES,
     MIN_SIDE,
     SIDE_MULTIPLE,
-)  # fmt: skip
+)
 
 _EXAMPLE = '[{"x": 120, "y": 200}, {"x": 200, "y": 180}, {"x": 300, "y": 150}]'
 
@@ -33,14 +33,28 @@ class EasyAnimateTrajectory:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "tracks": ("STRING", {"default": _EXAMPLE, "multiline": True,
-                                      "tooltip": "Pixel coordinates in the output frame (x right, y down)."}),
+                "tracks": (
+                    "STRING",
+                    {
+                        "default": _EXAMPLE,
+                        "multiline": True,
+                        "tooltip": "Pixel coordinates in the output frame (x right, y down).",
+                    },
+                ),
                 "width": ("INT", {"default": DEFAULT_WIDTH, "min": MIN_SIDE, "max": MAX_SIDE, "step": SIDE_MULTIPLE}),
                 "height": ("INT", {"default": DEFAULT_HEIGHT, "min": MIN_SIDE, "max": MAX_SIDE, "step": SIDE_MULTIPLE}),
-                "frames": ("INT", {"default": DEFAULT_FRAMES, "min": MIN_FRAMES, "max": MAX_FRAMES, "step": FRAME_STEP,
-                                   "tooltip": "The sampler's frame count."}),
+                "frames": (
+                    "INT",
+                    {
+                        "default": DEFAULT_FRAMES,
+                        "min": MIN_FRAMES,
+                        "max": MAX_FRAMES,
+                        "step": FRAME_STEP,
+                        "tooltip": "The sampler's frame count.",
+                    },
+                ),
             }
-        }  # fmt: skip
+        }
 
     def render(self, tracks, width, height, frames):
         from ..models.preprocess.trajectory import parse_tracks, render_tracks

@@ -21,9 +21,13 @@ def _run_vae(model, method: str, tensor, tile_size: int):
     try:
         with vae_placement(model, vae, device):
             return getattr(vae, method)(
-                tensor, tile_size=tile_size or None, memory_budget=budget, device=device,
-                progress=progress.callback, interrupt=check_interrupt,
-            )  # fmt: skip
+                tensor,
+                tile_size=tile_size or None,
+                memory_budget=budget,
+                device=device,
+                progress=progress.callback,
+                interrupt=check_interrupt,
+            )
     except Exception as error:
         if not is_out_of_memory(error):
             raise

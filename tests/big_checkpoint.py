@@ -40,8 +40,10 @@ def write_big_model(
     with torch.device("meta"):
         module = EasyAnimateTransformer(TransformerParams.from_config(config))
     generator = torch.Generator().manual_seed(seed)
-    tensors = {key: (torch.randn(tuple(t.shape), generator=generator) * 0.02).to(torch.bfloat16)
-               for key, t in module.state_dict().items()}  # fmt: skip
+    tensors = {
+        key: (torch.randn(tuple(t.shape), generator=generator) * 0.02).to(torch.bfloat16)
+        for key, t in module.state_dict().items()
+    }
     save_file(tensors, str(folder / "transformer" / "diffusion_pytorch_model.safetensors"))
     return folder
 

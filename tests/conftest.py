@@ -14,10 +14,11 @@ import pytest
 
 def pytest_addoption(parser):
     parser.addoption(
-        "--screenshot-dir", default=None,
+        "--screenshot-dir",
+        default=None,
         help="where the browser test saves its workflow screenshots (default: a temporary folder); pass "
         "docs/screenshots to regenerate the README's images",
-    )  # fmt: skip
+    )
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

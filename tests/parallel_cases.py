@@ -66,14 +66,26 @@ def run_case(name: str, wrap=lambda model: model):
     folder, extras, threshold = CASES[name]
     model = open_model(ensure_tiny_checkpoints() / folder, "fp32", memory_mode="gpu")
     request = pipeline.Request(
-        width=WIDTH, height=HEIGHT, frames=FRAMES, steps=STEPS, guidance_scale=CFG, seed=SEED,
+        width=WIDTH,
+        height=HEIGHT,
+        frames=FRAMES,
+        steps=STEPS,
+        guidance_scale=CFG,
+        seed=SEED,
         scheduler=extras.get("scheduler", "Flow"),
         start_images=_frames(1, 1) if extras.get("start") else None,
         control_video=_frames(FRAMES, 2) if extras.get("control") else None,
-    )  # fmt: skip
+    )
     recorder = Recorder(wrap(model.transformer()))
-    latents = pipeline.generate(recorder, model.vae(), text_embeds(model.variant.version), request,
-                                variant=model.variant, dtype=torch.float32, teacache_threshold=threshold)  # fmt: skip
+    latents = pipeline.generate(
+        recorder,
+        model.vae(),
+        text_embeds(model.variant.version),
+        request,
+        variant=model.variant,
+        dtype=torch.float32,
+        teacache_threshold=threshold,
+    )
     skipped = [] if recorder.teacache is None else list(recorder.teacache.skipped_steps)
     return latents, skipped, recorder.accumulated
 

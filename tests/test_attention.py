@@ -9,9 +9,17 @@ from models import attention as attn
 from models import ops as cast_ops
 from models.transformer import EasyAnimateTransformer, TransformerParams
 
-PARAMS = TransformerParams(in_channels=16, num_layers=3, mmdit_layers=2, text_embed_dim=64, text_embed_dim_t5=None,
-                           add_norm_text_encoder=True, num_attention_heads=2, attention_head_dim=16,
-                           time_embed_dim=24)  # fmt: skip
+PARAMS = TransformerParams(
+    in_channels=16,
+    num_layers=3,
+    mmdit_layers=2,
+    text_embed_dim=64,
+    text_embed_dim_t5=None,
+    add_norm_text_encoder=True,
+    num_attention_heads=2,
+    attention_head_dim=16,
+    time_embed_dim=24,
+)
 
 
 def _qkv(dtype=torch.float32, seed=0):

@@ -42,8 +42,12 @@ def test_dynamic_vram_free_memory_evicts_before_measuring_when_too_little_shows_
 
 def test_free_memory_is_taken_as_is_when_enough_shows_free(bridge, monkeypatch):
     calls = []
-    _fake_mm(bridge, monkeypatch, get_free_memory=lambda device: 40 * 2**30,
-             free_memory=lambda *args, **kwargs: calls.append(args))  # fmt: skip
+    _fake_mm(
+        bridge,
+        monkeypatch,
+        get_free_memory=lambda device: 40 * 2**30,
+        free_memory=lambda *args, **kwargs: calls.append(args),
+    )
     assert bridge.free_vram(CUDA, wanted=20 * 2**30) == 40 * 2**30 and calls == []
     assert bridge.free_vram(torch.device("cpu"), wanted=1) is None
 
@@ -66,8 +70,9 @@ def test_is_oom_of_newer_comfyui_decides_and_accelerator_errors_count_without_it
 def test_gpu_mode_asks_for_a_full_load_and_says_when_it_got_a_partial_one(bridge, monkeypatch):
     asked = {}
 
-    def load_models_gpu(models, memory_required=0, force_patch_weights=False, minimum_memory_required=None,
-                        force_full_load=False):  # fmt: skip
+    def load_models_gpu(
+        models, memory_required=0, force_patch_weights=False, minimum_memory_required=None, force_full_load=False
+    ):
         asked.update(memory_required=memory_required, force_full_load=force_full_load)
 
     _fake_mm(bridge, monkeypatch, load_models_gpu=load_models_gpu)
@@ -85,8 +90,12 @@ def test_make_room_keeps_loaded_model_records_not_patchers(bridge, monkeypatch):
     ours, other = object(), object()
     records = [SimpleNamespace(model=other), SimpleNamespace(model=ours)]
     kept = {}
-    _fake_mm(bridge, monkeypatch, current_loaded_models=records,
-             free_memory=lambda need, device, keep_loaded=(): kept.update(keep=keep_loaded))  # fmt: skip
+    _fake_mm(
+        bridge,
+        monkeypatch,
+        current_loaded_models=records,
+        free_memory=lambda need, device, keep_loaded=(): kept.update(keep=keep_loaded),
+    )
     bridge.make_room(10, CUDA, keep=[ours, None])
     assert kept["keep"] == [records[1]]
 
@@ -136,11 +145,29 @@ def test_real_comfyui_keeps_our_record_and_its_unload_releases_our_transformer(t
 
     script = tmp_path / "probe.py"
     script.write_text(REAL_COMFYUI)
-    run = subprocess.run([sys.executable, str(script), str(ensure_comfyui()), str(REPO_ROOT),
-                          str(tiny_root / "tiny-EasyAnimateV5.1-12b-zh")], capture_output=True, text=True,
-                         timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            str(ensure_comfyui()),
+            str(REPO_ROOT),
+            str(tiny_root / "tiny-EasyAnimateV5.1-12b-zh"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, run.stderr[-3000:]
-    assert json.loads(lines[-1][7:]) == {"kept_on_reload": True, "records": 1, "ours_kept": True, "other_kept": False,
-                                         "loaded_before_unload": True, "loaded_after_unload": False,
-                                         "left_loaded": 0, "reloaded": 1, "state_on_model": []}  # fmt: skip
+    assert json.loads(lines[-1][7:]) == {
+        "kept_on_reload": True,
+        "records": 1,
+        "ours_kept": True,
+        "other_kept": False,
+        "loaded_before_unload": True,
+        "loaded_after_unload": False,
+        "left_loaded": 0,
+        "reloaded": 1,
+        "state_on_model": [],
+    }

@@ -27,9 +27,14 @@ WORKFLOWS = sorted((REPO_ROOT / "workflows").glob("*.json"))
 BROWSER_LANE_ENV = "EASYANIMATE_BROWSER_TESTS"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run",
-]  # fmt: skip
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 READY = "window.app && app.graph && window.LiteGraph && Object.keys(LiteGraph.registered_node_types).length > 100"
 
 
@@ -139,8 +144,10 @@ def frontend(request):
     try:
         import playwright.sync_api as playwright_api
     except ImportError as error:
-        pytest.fail(f"playwright is not installed ({error}): pip install -r requirements-test.txt (see .ci/run), or "
-                    f"set {BROWSER_LANE_ENV}=off where no browser lane is wanted")  # fmt: skip
+        pytest.fail(
+            f"playwright is not installed ({error}): pip install -r requirements-test.txt (see .ci/run), or "
+            f"set {BROWSER_LANE_ENV}=off where no browser lane is wanted"
+        )
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} not found: apt-get install chromium (see .ci/run)")
     comfy_server = request.getfixturevalue("comfy_server")  # only once the browser lane is known to be usable
@@ -187,9 +194,13 @@ def test_workflow_loads_in_the_frontend_and_runs_from_the_page(frontend, comfy_s
     assert frontend.last_node_errors() == {}
     assert entry["status"]["status_str"] == "success", entry["status"]
     videos = [
-        item for output in entry["outputs"].values() for items in output.values() if isinstance(items, list)
-        for item in items if isinstance(item, dict) and "filename" in item
-    ]  # fmt: skip
+        item
+        for output in entry["outputs"].values()
+        for items in output.values()
+        if isinstance(items, list)
+        for item in items
+        if isinstance(item, dict) and "filename" in item
+    ]
     assert len(videos) == 1 and videos[0]["filename"].endswith(".mp4"), entry["outputs"]
     assert comfy_server.output_path(videos[0]).stat().st_size > 0
     assert frontend.console_errors == []

@@ -84,8 +84,9 @@ def oracle_camera_channels(rays, latent_frames, latent_h, latent_w):
 
 
 def path_from_rows(intrinsics, w2c):
-    return camera.CameraPath((camera.PoseRows(torch.tensor(intrinsics, dtype=torch.float64),
-                                              torch.tensor(w2c, dtype=torch.float64)),))  # fmt: skip
+    return camera.CameraPath(
+        (camera.PoseRows(torch.tensor(intrinsics, dtype=torch.float64), torch.tensor(w2c, dtype=torch.float64)),)
+    )
 
 
 @pytest.mark.parametrize("width, height", [(48, 32), (32, 48), (80, 16)])  # 3:2, portrait, wider than 16:9
@@ -127,10 +128,16 @@ def oracle_move(angle, translation, speed, frames):
     return np.stack(rows)
 
 
-@pytest.mark.parametrize("name, angle, translation", [
-    ("Pan Left", (0, 0, 0), (1, 0, 0)), ("Pan Up", (0, 0, 0), (0, 1, 0)), ("Zoom In", (0, 0, 0), (0, 0, -2)),
-    ("ACW", (0, 0, 1), (0, 0, 0)), ("CW", (0, 0, -1), (0, 0, 0)),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "name, angle, translation",
+    [
+        ("Pan Left", (0, 0, 0), (1, 0, 0)),
+        ("Pan Up", (0, 0, 0), (0, 1, 0)),
+        ("Zoom In", (0, 0, 0), (0, 0, -2)),
+        ("ACW", (0, 0, 1), (0, 0, 0)),
+        ("CW", (0, 0, -1), (0, 0, 0)),
+    ],
+)
 def test_presets_follow_the_official_motion_formula(name, angle, translation):
     intrinsics, w2c = camera.preset(name, speed=1.7).pose_rows(13)
     np.testing.assert_allclose(w2c.numpy(), oracle_move(angle, translation, 1.7, 13), atol=1e-12)
@@ -154,8 +161,7 @@ def test_joined_moves_continue_from_the_last_pose_of_the_first_and_fill_the_fram
 
 def test_a_pose_file_joined_after_a_preset_continues_from_its_last_pose():
     turned = random_w2c(4, seed=11)  # rotations about arbitrary axes: the composition order matters
-    rows = camera.CameraPath((camera.PoseRows(torch.full((4, 4), 0.5, dtype=torch.float64),
-                                              torch.tensor(turned)),))  # fmt: skip
+    rows = camera.CameraPath((camera.PoseRows(torch.full((4, 4), 0.5, dtype=torch.float64), torch.tensor(turned)),))
     _, w2c = camera.preset(["CW", "Pan Up"], 2.0).then(rows).pose_rows(9)
     a = oracle_move((0, 0, -1), (0, 1, 0), 2.0, 5)  # 9 frames minus the file's 4
     r_last, t_last = a[-1][:, :3], a[-1][:, 3:]
@@ -196,8 +202,10 @@ def test_control_camera_generation_matches_diffusers_fed_the_oracle_rays(tiny_ro
     import test_pipeline as tp
 
     model_dir = tiny_root / f"tiny-EasyAnimateV5.1-{size}-zh-Control-Camera"
-    embeds = (torch.randn(1, tp.TEXT_LEN, 64, generator=torch.Generator().manual_seed(3)),
-              torch.randn(1, tp.TEXT_LEN, 64, generator=torch.Generator().manual_seed(4)))  # fmt: skip
+    embeds = (
+        torch.randn(1, tp.TEXT_LEN, 64, generator=torch.Generator().manual_seed(3)),
+        torch.randn(1, tp.TEXT_LEN, 64, generator=torch.Generator().manual_seed(4)),
+    )
     reference = tp._frames(1, 5)
     path = camera.preset(["Pan Left", "ACW"], speed=1.3)
     ours = tp._ours(model_dir, embeds, tp._request(camera=path, reference_image=reference))
@@ -212,9 +220,12 @@ def test_control_camera_generation_matches_diffusers_fed_the_oracle_rays(tiny_ro
     w2c = oracle_move((0, 0, 1), (1, 0, 0), 1.3, tp.FRAMES)
     rays = torch.tensor(oracle_plucker(intrinsics, w2c, tp.WIDTH, tp.HEIGHT), dtype=torch.float32)
     theirs = tp._theirs(
-        diffusers.EasyAnimateControlPipeline, model_dir, embeds,
-        control_camera_video=rays.permute(1, 0, 2, 3).unsqueeze(0), ref_image=reference.unsqueeze(2),
-    )  # fmt: skip
+        diffusers.EasyAnimateControlPipeline,
+        model_dir,
+        embeds,
+        control_camera_video=rays.permute(1, 0, 2, 3).unsqueeze(0),
+        ref_image=reference.unsqueeze(2),
+    )
     assert tp._relative_error(ours, theirs) <= tp.REL_TOL
 
 
@@ -238,20 +249,34 @@ def test_a_control_camera_model_without_a_camera_is_refused_before_loading():
         pipeline.check_request(_variant("EasyAnimateV5.1-12b-zh-Control-Camera"), request)
 
 
-@pytest.mark.parametrize("name", [
-    "EasyAnimateV5.1-12b-zh-Control", "EasyAnimateV5.1-7b-zh-InP", "EasyAnimateV5-12b-zh",
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "name",
+    [
+        "EasyAnimateV5.1-12b-zh-Control",
+        "EasyAnimateV5.1-7b-zh-InP",
+        "EasyAnimateV5-12b-zh",
+    ],
+)
 def test_a_camera_on_another_model_is_refused_before_loading(name):
     from models import pipeline
 
-    request = pipeline.Request(width=64, height=64, frames=5, steps=1, guidance_scale=1.0, seed=0, scheduler="Flow",
-                               camera=camera.preset("Pan Up"))  # fmt: skip
+    request = pipeline.Request(
+        width=64,
+        height=64,
+        frames=5,
+        steps=1,
+        guidance_scale=1.0,
+        seed=0,
+        scheduler="Flow",
+        camera=camera.preset("Pan Up"),
+    )
     with pytest.raises(ValueError, match="needs a Control-Camera model"):
         pipeline.check_request(_variant(name), request)
 
 
-@pytest.mark.parametrize("name, with_camera", [("EasyAnimateV5.1-7b-zh-Control-Camera", False),
-                                                ("EasyAnimateV5.1-12b-zh-InP", True)])  # fmt: skip
+@pytest.mark.parametrize(
+    "name, with_camera", [("EasyAnimateV5.1-7b-zh-Control-Camera", False), ("EasyAnimateV5.1-12b-zh-InP", True)]
+)
 def test_sampler_node_refuses_a_camera_mismatch_before_loading_the_transformer(pack, name, with_camera):
     sampler_node = pack.NODE_CLASS_MAPPINGS["EasyAnimateVideoSampler"]
 
@@ -265,8 +290,20 @@ def test_sampler_node_refuses_a_camera_mismatch_before_loading_the_transformer(p
         version = "v5.1"
 
     with pytest.raises(ValueError, match="Control-Camera"):
-        sampler_node().sample(UnloadableModel(), Embeddings(), 64, 64, 5, 1, 6.0, 0, "auto", 0.0, 0,
-                              camera=camera.preset("Pan Up") if with_camera else None)  # fmt: skip
+        sampler_node().sample(
+            UnloadableModel(),
+            Embeddings(),
+            64,
+            64,
+            5,
+            1,
+            6.0,
+            0,
+            "auto",
+            0.0,
+            0,
+            camera=camera.preset("Pan Up") if with_camera else None,
+        )
 
 
 def test_pose_file_names_cannot_leave_the_input_folder_but_symlinked_files_work(tmp_path):

@@ -9,8 +9,16 @@ import pytest
 
 from models.camera import PRESETS
 
-SPEED = ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05,
-                   "tooltip": "1 = the official move (π/3 rotation or 1.5 units of travel over the clip)."})  # fmt: skip
+SPEED = (
+    "FLOAT",
+    {
+        "default": 1.0,
+        "min": -10.0,
+        "max": 10.0,
+        "step": 0.05,
+        "tooltip": "1 = the official move (π/3 rotation or 1.5 units of travel over the clip).",
+    },
+)
 PRESET = (list(PRESETS), {"default": "Static", "tooltip": "The official CameraCtrl presets; ACW/CW roll the camera."})
 
 

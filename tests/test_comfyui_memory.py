@@ -29,8 +29,10 @@ def test_twenty_consecutive_text_to_video_runs_do_not_grow_rss(comfy_server):
     assert growth <= 0.05, [f"{r / 2**20:.0f} MiB" for r in rss]
 
 
-@pytest.mark.parametrize("mode,storage,fp8_mode", [("sequential", "fp8_e4m3fn", "reference exact"),
-                                                   ("model_cpu_offload", "same as precision", "quality")])  # fmt: skip
+@pytest.mark.parametrize(
+    "mode,storage,fp8_mode",
+    [("sequential", "fp8_e4m3fn", "reference exact"), ("model_cpu_offload", "same as precision", "quality")],
+)
 def test_offload_modes_run_end_to_end_in_the_server(comfy_server, mode, storage, fp8_mode):
     prompt = graph(MODEL, seed=7, prefix=f"mem-{mode}")
     prompt["1"]["inputs"].update(weight_storage=storage, memory_mode=mode, resident_blocks=1, fp8_mode=fp8_mode)

@@ -8,19 +8,31 @@ MODEL = "tiny-EasyAnimateV5.1-12b-zh"
 
 def graph(devices=None, steps=3, width=80, height=48, frames=5, seed=4, prefix="parallel", cfg_parallel=False):
     sampler = {
-        "model": ["1", 0], "embeddings": ["2", 0], "width": width, "height": height, "frames": frames,
-        "steps": steps, "cfg": 6.0, "seed": seed, "scheduler": "auto", "teacache_threshold": 0.0,
+        "model": ["1", 0],
+        "embeddings": ["2", 0],
+        "width": width,
+        "height": height,
+        "frames": frames,
+        "steps": steps,
+        "cfg": 6.0,
+        "seed": seed,
+        "scheduler": "auto",
+        "teacache_threshold": 0.0,
         "teacache_skip_start": 0,
-    }  # fmt: skip
+    }
     prompt = {
-        "1": {"class_type": "EasyAnimateModelLoader",
-              "inputs": {"model": MODEL, "precision": "fp32", "weight_storage": "same as precision"}},
-        "2": {"class_type": "EasyAnimatePromptEncode",
-              "inputs": {"model": ["1", 0], "prompt": "a lighthouse at dusk", "negative_prompt": "blurry"}},
+        "1": {
+            "class_type": "EasyAnimateModelLoader",
+            "inputs": {"model": MODEL, "precision": "fp32", "weight_storage": "same as precision"},
+        },
+        "2": {
+            "class_type": "EasyAnimatePromptEncode",
+            "inputs": {"model": ["1", 0], "prompt": "a lighthouse at dusk", "negative_prompt": "blurry"},
+        },
         "3": {"class_type": "EasyAnimateVideoSampler", "inputs": sampler},
         "4": {"class_type": "EasyAnimateVAEDecode", "inputs": {"model": ["1", 0], "latents": ["3", 0]}},
         "5": {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": prefix}},
-    }  # fmt: skip
+    }
     if devices is not None:
         prompt["6"] = {
             "class_type": "EasyAnimateParallelOptions",

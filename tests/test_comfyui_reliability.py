@@ -19,9 +19,11 @@ BIG = "big-EasyAnimateV5.1-12b-zh"
 # The settings-change measurement uses twice the depth (≈ 205 M parameters, 0.8 GB in fp32): its limit is a multiple
 # of one copy, and at 0.4 GB the server's own ≈ 50 MB of allocator and thread noise alone moved the figure by 0.12.
 BIGGER = "bigger-EasyAnimateV5.1-12b-zh"
-DAMAGED = {"damaged-vae": ("vae/diffusion_pytorch_model.safetensors", 4000),
-           "damaged-text-encoder": ("text_encoder/model-00002-of-00003.safetensors", 3000),
-           "damaged-tokenizer": ("tokenizer/tokenizer.json", 500)}  # fmt: skip
+DAMAGED = {
+    "damaged-vae": ("vae/diffusion_pytorch_model.safetensors", 4000),
+    "damaged-text-encoder": ("text_encoder/model-00002-of-00003.safetensors", 3000),
+    "damaged-tokenizer": ("tokenizer/tokenizer.json", 500),
+}
 
 
 def _start_server(tmp_path_factory, tiny_root, big: str = BIG) -> ComfyServer:
@@ -37,8 +39,11 @@ def _start_server(tmp_path_factory, tiny_root, big: str = BIG) -> ComfyServer:
         target.unlink()  # copies may be hard links into the shared cache: replace, never write through
         target.write_bytes(data[:keep])
     (models / TINY).symlink_to(tiny_root / TINY, target_is_directory=True)
-    server = ComfyServer.start(custom_nodes={PACK_FOLDER_NAME: REPO_ROOT}, model_paths={"EasyAnimate": [models]},
-                               base_dir=tmp_path_factory.mktemp("comfyui_reliability"))  # fmt: skip
+    server = ComfyServer.start(
+        custom_nodes={PACK_FOLDER_NAME: REPO_ROOT},
+        model_paths={"EasyAnimate": [models]},
+        base_dir=tmp_path_factory.mktemp("comfyui_reliability"),
+    )
     server.models = models
     return server
 
@@ -148,8 +153,13 @@ def test_five_settings_changes_hold_one_copy_and_free_returns_to_the_baseline(fr
     one_copy = parameter_count(server.models / BIGGER) * 4  # the largest setting: fp32
     run_ok(server, graph(TINY, seed=11, prefix="warm-up"))  # code paths imported; then the baseline
     baseline = _free_and_settle(server)
-    settings = [("bf16", "auto"), ("fp32", "auto"), ("fp16", "auto"), ("bf16", "sequential"),
-                ("fp32", "model_cpu_offload")]  # fmt: skip
+    settings = [
+        ("bf16", "auto"),
+        ("fp32", "auto"),
+        ("fp16", "auto"),
+        ("bf16", "sequential"),
+        ("fp32", "model_cpu_offload"),
+    ]
     with PeakRss(server) as sampled:
         for run, (precision, mode) in enumerate(settings):
             prompt = graph(BIGGER, seed=20 + run, steps=1, prefix=f"settings{run}")

@@ -102,7 +102,7 @@ def test_control_preprocessor_canny_runs_in_comfyui_and_keeps_the_frame_size(com
                 "mlsd_distance_threshold": 0.1,
                 "hed_safe": False,
             },
-        },  # fmt: skip
+        },
         "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "control"}},
     }
     result = comfy_server.run(prompt, timeout=300)

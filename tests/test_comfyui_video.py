@@ -8,25 +8,48 @@ from PIL import Image
 WIDTH, HEIGHT, FRAMES = 96, 64, 5
 
 
-def graph(model, seed=1, frames=FRAMES, steps=2, width=WIDTH, height=HEIGHT, prefix="t2v", sampler_extra=None,
-          extra_nodes=None):  # fmt: skip
+def graph(
+    model,
+    seed=1,
+    frames=FRAMES,
+    steps=2,
+    width=WIDTH,
+    height=HEIGHT,
+    prefix="t2v",
+    sampler_extra=None,
+    extra_nodes=None,
+):
     sampler_inputs = {
-        "model": ["1", 0], "embeddings": ["2", 0], "width": width, "height": height, "frames": frames,
-        "steps": steps, "cfg": 6.0, "seed": seed, "scheduler": "auto", "teacache_threshold": 0.0,
+        "model": ["1", 0],
+        "embeddings": ["2", 0],
+        "width": width,
+        "height": height,
+        "frames": frames,
+        "steps": steps,
+        "cfg": 6.0,
+        "seed": seed,
+        "scheduler": "auto",
+        "teacache_threshold": 0.0,
         "teacache_skip_start": 0,
-    }  # fmt: skip
+    }
     sampler_inputs.update(sampler_extra or {})
     prompt = {
-        "1": {"class_type": "EasyAnimateModelLoader",
-              "inputs": {"model": model, "precision": "fp32", "weight_storage": "same as precision"}},
-        "2": {"class_type": "EasyAnimatePromptEncode",
-              "inputs": {"model": ["1", 0], "prompt": "a red fox running in snow", "negative_prompt": "blurry"}},
+        "1": {
+            "class_type": "EasyAnimateModelLoader",
+            "inputs": {"model": model, "precision": "fp32", "weight_storage": "same as precision"},
+        },
+        "2": {
+            "class_type": "EasyAnimatePromptEncode",
+            "inputs": {"model": ["1", 0], "prompt": "a red fox running in snow", "negative_prompt": "blurry"},
+        },
         "3": {"class_type": "EasyAnimateVideoSampler", "inputs": sampler_inputs},
         "4": {"class_type": "EasyAnimateVAEDecode", "inputs": {"model": ["1", 0], "latents": ["3", 0]}},
         "5": {"class_type": "CreateVideo", "inputs": {"images": ["4", 0], "fps": ["4", 2]}},
-        "6": {"class_type": "SaveVideo",
-              "inputs": {"video": ["5", 0], "filename_prefix": prefix, "format": "mp4", "codec": "h264"}},
-    }  # fmt: skip
+        "6": {
+            "class_type": "SaveVideo",
+            "inputs": {"video": ["5", 0], "filename_prefix": prefix, "format": "mp4", "codec": "h264"},
+        },
+    }
     prompt.update(extra_nodes or {})
     return prompt
 
@@ -77,9 +100,11 @@ def test_v5_text_to_video_runs_with_its_ddim_default(comfy_server):
 def test_image_to_video_with_an_inp_model(comfy_server, tmp_path):
     start = upload_picture(comfy_server, tmp_path, "start.png", 1, size=(120, 80))  # resized to 96x64 by the node
     prompt = graph(
-        "tiny-EasyAnimateV5.1-12b-zh-InP", prefix="i2v", sampler_extra={"start_image": ["7", 0]},
+        "tiny-EasyAnimateV5.1-12b-zh-InP",
+        prefix="i2v",
+        sampler_extra={"start_image": ["7", 0]},
         extra_nodes={"7": {"class_type": "LoadImage", "inputs": {"image": start}}},
-    )  # fmt: skip
+    )
     frames = read_video(comfy_server, run_ok(comfy_server, prompt))
     assert frames.shape == (FRAMES, HEIGHT, WIDTH, 3)
 
@@ -88,12 +113,22 @@ def test_control_to_video_from_a_preprocessed_source_video(comfy_server, tmp_pat
     source = upload_picture(comfy_server, tmp_path, "source.png", 2)
     reference = upload_picture(comfy_server, tmp_path, "reference.png", 3)
     control_inputs = {
-        "images": ["8", 0], "method": "canny", "detect_resolution": 512, "canny_low_threshold": 100,
-        "canny_high_threshold": 200, "depth_background_threshold": 0.1, "pose_body": True, "pose_hands": False,
-        "pose_face": False, "mlsd_score_threshold": 0.1, "mlsd_distance_threshold": 0.1, "hed_safe": False,
-    }  # fmt: skip
+        "images": ["8", 0],
+        "method": "canny",
+        "detect_resolution": 512,
+        "canny_low_threshold": 100,
+        "canny_high_threshold": 200,
+        "depth_background_threshold": 0.1,
+        "pose_body": True,
+        "pose_hands": False,
+        "pose_face": False,
+        "mlsd_score_threshold": 0.1,
+        "mlsd_distance_threshold": 0.1,
+        "hed_safe": False,
+    }
     prompt = graph(
-        "tiny-EasyAnimateV5.1-12b-zh-Control", prefix="control",
+        "tiny-EasyAnimateV5.1-12b-zh-Control",
+        prefix="control",
         sampler_extra={"control_video": ["9", 0], "reference_image": ["10", 0]},
         extra_nodes={
             "7": {"class_type": "LoadImage", "inputs": {"image": source}},
@@ -101,7 +136,7 @@ def test_control_to_video_from_a_preprocessed_source_video(comfy_server, tmp_pat
             "9": {"class_type": "EasyAnimateControlPreprocessor", "inputs": control_inputs},
             "10": {"class_type": "LoadImage", "inputs": {"image": reference}},
         },
-    )  # fmt: skip
+    )
     frames = read_video(comfy_server, run_ok(comfy_server, prompt))
     assert frames.shape == (FRAMES, HEIGHT, WIDTH, 3)
 
@@ -109,9 +144,11 @@ def test_control_to_video_from_a_preprocessed_source_video(comfy_server, tmp_pat
 def test_a_control_video_to_a_text_to_video_model_is_a_clear_error(comfy_server, tmp_path):
     source = upload_picture(comfy_server, tmp_path, "source2.png", 4)
     prompt = graph(
-        "tiny-EasyAnimateV5.1-12b-zh", prefix="wrong", sampler_extra={"control_video": ["7", 0]},
+        "tiny-EasyAnimateV5.1-12b-zh",
+        prefix="wrong",
+        sampler_extra={"control_video": ["7", 0]},
         extra_nodes={"7": {"class_type": "LoadImage", "inputs": {"image": source}}},
-    )  # fmt: skip
+    )
     result = comfy_server.run(prompt, timeout=300)
     assert result.status == "error"
     assert result.error["node_type"] == "EasyAnimateVideoSampler"
@@ -154,19 +191,31 @@ def test_a_single_transformer_file_from_diffusion_models_runs_with_a_companion_f
 def test_a_control_clip_of_7_frames_gives_a_5_frame_video_and_the_sampler_says_so(comfy_server, tmp_path):
     source = upload_picture(comfy_server, tmp_path, "clip7.png", 5)
     control_inputs = {
-        "images": ["8", 0], "method": "canny", "detect_resolution": 512, "canny_low_threshold": 100,
-        "canny_high_threshold": 200, "depth_background_threshold": 0.1, "pose_body": True, "pose_hands": False,
-        "pose_face": False, "mlsd_score_threshold": 0.1, "mlsd_distance_threshold": 0.1, "hed_safe": False,
-    }  # fmt: skip
+        "images": ["8", 0],
+        "method": "canny",
+        "detect_resolution": 512,
+        "canny_low_threshold": 100,
+        "canny_high_threshold": 200,
+        "depth_background_threshold": 0.1,
+        "pose_body": True,
+        "pose_hands": False,
+        "pose_face": False,
+        "mlsd_score_threshold": 0.1,
+        "mlsd_distance_threshold": 0.1,
+        "hed_safe": False,
+    }
     prompt = graph(
-        "tiny-EasyAnimateV5.1-12b-zh-Control", prefix="clip7", frames=9, seed=7,
+        "tiny-EasyAnimateV5.1-12b-zh-Control",
+        prefix="clip7",
+        frames=9,
+        seed=7,
         sampler_extra={"control_video": ["9", 0]},
         extra_nodes={
             "7": {"class_type": "LoadImage", "inputs": {"image": source}},
             "8": {"class_type": "RepeatImageBatch", "inputs": {"image": ["7", 0], "amount": 7}},
             "9": {"class_type": "EasyAnimateControlPreprocessor", "inputs": control_inputs},
         },
-    )  # fmt: skip
+    )
     frames = read_video(comfy_server, run_ok(comfy_server, prompt))
     assert frames.shape == (5, HEIGHT, WIDTH, 3)
     assert (

@@ -14,9 +14,17 @@ from models.compile import compile_blocks, uncompile_blocks
 from models.offload import BlockSwap, OffloadStats
 from models.transformer import EasyAnimateTransformer, TransformerParams
 
-PARAMS = TransformerParams(in_channels=16, num_layers=4, mmdit_layers=2, text_embed_dim=64, text_embed_dim_t5=None,
-                           add_norm_text_encoder=True, num_attention_heads=2, attention_head_dim=16,
-                           time_embed_dim=24)  # fmt: skip
+PARAMS = TransformerParams(
+    in_channels=16,
+    num_layers=4,
+    mmdit_layers=2,
+    text_embed_dim=64,
+    text_embed_dim_t5=None,
+    add_norm_text_encoder=True,
+    num_attention_heads=2,
+    attention_head_dim=16,
+    time_embed_dim=24,
+)
 
 
 def _model(ops=None, seed=0):
@@ -26,8 +34,11 @@ def _model(ops=None, seed=0):
 
 def _inputs(frames=2, size=8, seed=1):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(2, 16, frames, size, size, generator=g), torch.tensor([500.0, 500.0]),
-            torch.randn(2, 8, 64, generator=g))  # fmt: skip
+    return (
+        torch.randn(2, 16, frames, size, size, generator=g),
+        torch.tensor([500.0, 500.0]),
+        torch.randn(2, 8, 64, generator=g),
+    )
 
 
 class CountingBackend:

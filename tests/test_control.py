@@ -283,9 +283,12 @@ def test_depth_preprocess_normalises_two_frames_with_different_ranges_over_the_c
     ramp = np.linspace(0, 255, WIDTH, dtype=np.float32)[None, :, None].repeat(HEIGHT, 0).repeat(3, 2)
     video = np.stack([ramp * 0.25 + 64, ramp]).round().astype(np.uint8)  # depths ~0.25..0.5 and 0..1
     out = preprocess(
-        as_image(video), "depth", detect_resolution=SMALL_DETECT, depth_background_threshold=0.0,
+        as_image(video),
+        "depth",
+        detect_resolution=SMALL_DETECT,
+        depth_background_threshold=0.0,
         weights_dirs=[fake_weights("depth")],
-    )  # fmt: skip
+    )
     dim, full = out[0], out[1]
     assert abs(float(full.max()) - 1.0) <= 0.02 and float(full.min()) <= 0.02
     # per-frame normalisation would stretch the dim frame to 0..1 as well
@@ -304,8 +307,9 @@ def test_mlsd_errors_are_raised_instead_of_becoming_black_frames(fake_weights, m
 
     monkeypatch.setattr(MobileV2_MLSD_Large, "forward", broken_forward)
     with pytest.raises(RuntimeError, match=r"MLSD line detection failed on frame 0") as caught:
-        preprocess(as_image(make_video(frames=2)), "mlsd", detect_resolution=SMALL_DETECT,
-                   weights_dirs=[fake_weights("mlsd")])  # fmt: skip
+        preprocess(
+            as_image(make_video(frames=2)), "mlsd", detect_resolution=SMALL_DETECT, weights_dirs=[fake_weights("mlsd")]
+        )
     assert "weights on another device" in str(caught.value)
 
 
@@ -313,8 +317,13 @@ def test_mlsd_errors_are_raised_instead_of_becoming_black_frames(fake_weights, m
 def test_progress_is_reported_after_every_frame(method, fake_weights):
     calls = []
     dirs = [] if method == "canny" else [fake_weights(method)]
-    preprocess(as_image(make_video()), method, detect_resolution=SMALL_DETECT, weights_dirs=dirs,
-               progress=lambda done, total: calls.append((done, total)))  # fmt: skip
+    preprocess(
+        as_image(make_video()),
+        method,
+        detect_resolution=SMALL_DETECT,
+        weights_dirs=dirs,
+        progress=lambda done, total: calls.append((done, total)),
+    )
     assert calls == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]
 
 
@@ -333,8 +342,14 @@ def test_interrupt_is_checked_before_every_frame_and_stops_the_batch(method, fak
 
     dirs = [] if method == "canny" else [fake_weights(method)]
     with pytest.raises(Cancelled):
-        preprocess(as_image(make_video()), method, detect_resolution=SMALL_DETECT, weights_dirs=dirs,
-                   progress=lambda done, total: calls.append(done), interrupt=interrupt)  # fmt: skip
+        preprocess(
+            as_image(make_video()),
+            method,
+            detect_resolution=SMALL_DETECT,
+            weights_dirs=dirs,
+            progress=lambda done, total: calls.append(done),
+            interrupt=interrupt,
+        )
     assert calls == [1, 2]
 
 
@@ -363,8 +378,13 @@ def test_network_methods_load_without_network_and_leave_process_settings_alone(f
     def progress(done, total):
         seen.append((dict(os.environ) == environment_before, hub_constants.HF_HUB_OFFLINE))
 
-    maps = preprocess(as_image(make_video(frames=1)), "hed", detect_resolution=SMALL_DETECT,
-                      weights_dirs=[fake_weights("hed")], progress=progress)  # fmt: skip
+    maps = preprocess(
+        as_image(make_video(frames=1)),
+        "hed",
+        detect_resolution=SMALL_DETECT,
+        weights_dirs=[fake_weights("hed")],
+        progress=progress,
+    )
     assert maps.shape == (1, HEIGHT, WIDTH, 3)
     assert seen == [(True, False)]  # nothing process-wide changed, not even during the call
     assert dict(os.environ) == environment_before
@@ -441,27 +461,52 @@ def test_node_is_registered_as_easyanimate_control_preprocessor(node_module):
 def test_node_inputs_offer_every_method_with_controlnet_aux_defaults(node_module):
     required = node_module.EasyAnimateControlPreprocessor.INPUT_TYPES()["required"]
     assert list(required) == [
-        "images", "method", "detect_resolution", "canny_low_threshold", "canny_high_threshold",
-        "depth_background_threshold", "pose_body", "pose_hands", "pose_face", "mlsd_score_threshold",
-        "mlsd_distance_threshold", "hed_safe",
-    ]  # fmt: skip
+        "images",
+        "method",
+        "detect_resolution",
+        "canny_low_threshold",
+        "canny_high_threshold",
+        "depth_background_threshold",
+        "pose_body",
+        "pose_hands",
+        "pose_face",
+        "mlsd_score_threshold",
+        "mlsd_distance_threshold",
+        "hed_safe",
+    ]
     assert required["images"][0] == "IMAGE"
     assert required["method"][0] == list(METHODS) and required["method"][1]["default"] == "canny"
     defaults = {name: spec[1]["default"] for name, spec in required.items() if name not in ("images", "method")}
     assert defaults == {
-        "detect_resolution": 512, "canny_low_threshold": 100, "canny_high_threshold": 200,
-        "depth_background_threshold": 0.1, "pose_body": True, "pose_hands": False, "pose_face": False,
-        "mlsd_score_threshold": 0.1, "mlsd_distance_threshold": 0.1, "hed_safe": False,
-    }  # fmt: skip
+        "detect_resolution": 512,
+        "canny_low_threshold": 100,
+        "canny_high_threshold": 200,
+        "depth_background_threshold": 0.1,
+        "pose_body": True,
+        "pose_hands": False,
+        "pose_face": False,
+        "mlsd_score_threshold": 0.1,
+        "mlsd_distance_threshold": 0.1,
+        "hed_safe": False,
+    }
     assert required["detect_resolution"][1]["step"] == 64 and required["detect_resolution"][1]["min"] == 64
 
 
 def _node_kwargs(images, method):
     return dict(
-        images=images, method=method, detect_resolution=SMALL_DETECT, canny_low_threshold=100,
-        canny_high_threshold=200, depth_background_threshold=0.1, pose_body=True, pose_hands=False,
-        pose_face=False, mlsd_score_threshold=0.1, mlsd_distance_threshold=0.1, hed_safe=False,
-    )  # fmt: skip
+        images=images,
+        method=method,
+        detect_resolution=SMALL_DETECT,
+        canny_low_threshold=100,
+        canny_high_threshold=200,
+        depth_background_threshold=0.1,
+        pose_body=True,
+        pose_hands=False,
+        pose_face=False,
+        mlsd_score_threshold=0.1,
+        mlsd_distance_threshold=0.1,
+        hed_safe=False,
+    )
 
 
 def test_node_canny_output_equals_the_model_function(node_module):

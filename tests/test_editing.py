@@ -39,8 +39,14 @@ def test_mask_channel_and_masked_video_follow_the_original_rule_on_a_box_mask():
         return torch.zeros(1, 16, 2, HEIGHT // 8, WIDTH // 8)
 
     shape = pipeline.latent_shape(WIDTH, HEIGHT, FRAMES)
-    channels = pipeline.inpaint_latents(spy_encode, pipeline._video(video), pipeline._video(mask), shape,
-                                        torch.Generator().manual_seed(5), add_noise=True)  # fmt: skip
+    channels = pipeline.inpaint_latents(
+        spy_encode,
+        pipeline._video(video),
+        pipeline._video(mask),
+        shape,
+        torch.Generator().manual_seed(5),
+        add_noise=True,
+    )
     # independent: keep = 1 − mask; known pixels in [−1, 1] plus σ·N(0,1) noise, unknown exactly −1
     keep = np.ones((FRAMES, HEIGHT, WIDTH))
     keep[:, 16:48, 32:80] = 0
@@ -61,15 +67,21 @@ def test_mask_edit_run_matches_diffusers_inpaint_pipeline(tiny_root):
     import test_pipeline as tp
 
     model_dir = tiny_root / "tiny-EasyAnimateV5.1-12b-zh-InP"
-    embeds = (torch.randn(1, tp.TEXT_LEN, 64, generator=torch.Generator().manual_seed(3)),
-              torch.randn(1, tp.TEXT_LEN, 64, generator=torch.Generator().manual_seed(4)))  # fmt: skip
+    embeds = (
+        torch.randn(1, tp.TEXT_LEN, 64, generator=torch.Generator().manual_seed(3)),
+        torch.randn(1, tp.TEXT_LEN, 64, generator=torch.Generator().manual_seed(4)),
+    )
     video = tp._frames(FRAMES, 8)
     mask = editing.prepare_mask(box_mask(), FRAMES, HEIGHT, WIDTH)
     ours = tp._ours(model_dir, embeds, tp._request(input_video=video, input_mask=mask), given_noise=False)
     theirs = tp._theirs(
-        diffusers.EasyAnimateInpaintPipeline, model_dir, embeds, given_noise=False,
-        video=video.permute(1, 0, 2, 3).unsqueeze(0), mask_video=mask.permute(1, 0, 2, 3).unsqueeze(0) * 255,
-    )  # fmt: skip
+        diffusers.EasyAnimateInpaintPipeline,
+        model_dir,
+        embeds,
+        given_noise=False,
+        video=video.permute(1, 0, 2, 3).unsqueeze(0),
+        mask_video=mask.permute(1, 0, 2, 3).unsqueeze(0) * 255,
+    )
     assert tp._relative_error(ours, theirs) <= tp.REL_TOL
     unmasked = tp._ours(model_dir, embeds, tp._request(input_video=video), given_noise=False)
     assert tp._relative_error(unmasked, theirs) > 100 * tp.REL_TOL

@@ -162,8 +162,9 @@ def _node_setup(pack, tiny_root, monkeypatch):
     model = components.open_model(tiny_root / MODEL, "bf16", memory_mode="gpu")
     g = torch.Generator().manual_seed(0)
     hidden, mask = torch.randn(1, 8, 64, generator=g), torch.ones(1, 8, dtype=torch.long)
-    embeddings = text.PromptEmbeddings("v5.1", ("qwen",), (hidden,), (hidden * 0.5,), (mask,), (mask,), ("a",), ("",),
-                                       "test")  # fmt: skip
+    embeddings = text.PromptEmbeddings(
+        "v5.1", ("qwen",), (hidden,), (hidden * 0.5,), (mask,), (mask,), ("a",), ("",), "test"
+    )
     node = sampler.EasyAnimateVideoSampler()
     return sampler, node, model, embeddings
 

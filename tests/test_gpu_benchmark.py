@@ -19,8 +19,14 @@ def _results(stdout: str) -> dict[str, float]:
 def test_gpu_check_runs_every_section_in_tiny_mode(tmp_path):
     out = tmp_path / "gpu.json"
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    run = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "gpu.py"), "--tiny", "--out", str(out)],
-                         capture_output=True, text=True, timeout=900, cwd=REPO_ROOT, env=env)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "gpu.py"), "--tiny", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=REPO_ROOT,
+        env=env,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     results = _results(run.stdout)
     assert results["gpu_check_complete"] == 1, run.stdout[-2000:]

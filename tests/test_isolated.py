@@ -19,9 +19,25 @@ ISOLATED = ["test_comfyui_reliability.py::test_five_settings_changes_hold_one_co
 
 def test_isolated_memory_measurements_pass_in_a_process_of_their_own():
     env = {**os.environ, ISOLATED_ENV: "1"}
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:randomly", "-p", "no:cacheprovider",
-                           *(str(HERE / node) for node in ISOLATED)], cwd=HERE, env=env, capture_output=True,
-                          text=True, timeout=900)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-s",
+            "-p",
+            "no:randomly",
+            "-p",
+            "no:cacheprovider",
+            *(str(HERE / node) for node in ISOLATED),
+        ],
+        cwd=HERE,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     print(done.stdout[-2000:])
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert f"{len(ISOLATED)} passed" in done.stdout

@@ -16,8 +16,13 @@ from models.loading.transformer import load_transformer
 from models.lora import LoraError, attach_loras, detach_loras, load_lora_file, loras_attached, match_lora
 from models.ops import LoraLinear
 
-PARITY_MODELS = ["tiny-EasyAnimateV5.1-12b-zh", "tiny-EasyAnimateV5.1-7b-zh", "tiny-EasyAnimateV5.1-12b-zh-diffusers",
-                 "tiny-EasyAnimateV5.1-7b-zh-diffusers", "tiny-EasyAnimateV5-12b-zh"]  # fmt: skip
+PARITY_MODELS = [
+    "tiny-EasyAnimateV5.1-12b-zh",
+    "tiny-EasyAnimateV5.1-7b-zh",
+    "tiny-EasyAnimateV5.1-12b-zh-diffusers",
+    "tiny-EasyAnimateV5.1-7b-zh-diffusers",
+    "tiny-EasyAnimateV5-12b-zh",
+]
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -37,11 +42,13 @@ def saved(lora, tmp_path, name):
 @pytest.mark.parametrize("file_format", ["kohya", "peft"])
 @pytest.mark.parametrize("strengths", [(1.0,), (0.8, -0.6)], ids=["one", "two_opposite_signs"])
 @pytest.mark.parametrize("model_name", PARITY_MODELS)
-def test_forward_delta_equals_forward_on_weights_merged_by_the_original_formula(tiny_root, tmp_path, model_name,
-                                                                                strengths, file_format):  # fmt: skip
+def test_forward_delta_equals_forward_on_weights_merged_by_the_original_formula(
+    tiny_root, tmp_path, model_name, strengths, file_format
+):
     model_dir = tiny_root / model_name
-    loras = [make_lora(model_dir, file_format, rank=4 + 2 * i, alpha=[2.0, None][i], seed=i)
-             for i in range(len(strengths))]  # fmt: skip  # the second one has no alpha
+    loras = [
+        make_lora(model_dir, file_format, rank=4 + 2 * i, alpha=[2.0, None][i], seed=i) for i in range(len(strengths))
+    ]  # the second one has no alpha
     stack = list(zip(loras, strengths))
     merged = load_transformer(merged_transformer(model_dir, tmp_path / "merged", stack), dtype=torch.float32)
     expected = forward(merged, model_dir)
@@ -66,15 +73,18 @@ def test_every_linear_of_the_transformer_is_a_lora_target(tiny_root, tmp_path):
             assert name in matched
 
 
-@pytest.mark.parametrize("underscored,dotted", [
-    ("transformer_blocks_0_ff_net_0_proj", "transformer_blocks.0.ff.net.0.proj"),
-    ("transformer_blocks_1_txt_ff_net_2", "transformer_blocks.1.txt_ff.net.2"),
-    ("transformer_blocks_0_attn2_to_out_0", "transformer_blocks.0.attn2.to_out.0"),
-    ("time_embedding_linear_2", "time_embedding.linear_2"),
-    ("text_proj_1", "text_proj.1"),
-    ("norm_out_linear", "norm_out.linear"),
-    ("proj_out", "proj_out"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "underscored,dotted",
+    [
+        ("transformer_blocks_0_ff_net_0_proj", "transformer_blocks.0.ff.net.0.proj"),
+        ("transformer_blocks_1_txt_ff_net_2", "transformer_blocks.1.txt_ff.net.2"),
+        ("transformer_blocks_0_attn2_to_out_0", "transformer_blocks.0.attn2.to_out.0"),
+        ("time_embedding_linear_2", "time_embedding.linear_2"),
+        ("text_proj_1", "text_proj.1"),
+        ("norm_out_linear", "norm_out.linear"),
+        ("proj_out", "proj_out"),
+    ],
+)
 def test_kohya_names_resolve_greedily_to_module_paths(tiny_root, underscored, dotted):
     model = lora_module.meta_transformer(_detection(tiny_root / "tiny-EasyAnimateV5.1-12b-zh"))
     assert lora_module.resolve_kohya_name(model, underscored) == dotted
@@ -88,13 +98,19 @@ def _detection(path):
 
 def test_diffusers_layout_kohya_names_map_to_the_text_stream_attention(tiny_root):
     model = lora_module.meta_transformer(_detection(tiny_root / "tiny-EasyAnimateV5.1-12b-zh"))
-    cases = {"attn1_add_q_proj": "attn2.to_q", "attn1_add_k_proj": "attn2.to_k", "attn1_add_v_proj": "attn2.to_v",
-             "attn1_to_add_out": "attn2.to_out.0", "attn1_to_q": "attn1.to_q"}  # fmt: skip
+    cases = {
+        "attn1_add_q_proj": "attn2.to_q",
+        "attn1_add_k_proj": "attn2.to_k",
+        "attn1_add_v_proj": "attn2.to_v",
+        "attn1_to_add_out": "attn2.to_out.0",
+        "attn1_to_q": "attn1.to_q",
+    }
     for diffusers_name, ours in cases.items():
         entry = lora_module.LoraModule(f"lora_unet__transformer_blocks_1_{diffusers_name}")
         assert lora_module.target_name(entry, model) == f"transformer_blocks.1.{ours}"
-        peft = lora_module.LoraModule(f"transformer.transformer_blocks.1.{diffusers_name.replace('_', '.', 1)}",
-                                      file_format="peft")  # fmt: skip
+        peft = lora_module.LoraModule(
+            f"transformer.transformer_blocks.1.{diffusers_name.replace('_', '.', 1)}", file_format="peft"
+        )
         assert lora_module.target_name(peft, model) == f"transformer_blocks.1.{ours}"
 
 
@@ -110,8 +126,12 @@ def test_a_lora_matching_nothing_is_an_error_naming_the_first_unmatched_keys(tin
 def test_a_partial_match_warns_with_counts(tiny_root, tmp_path):
     model_dir = tiny_root / "tiny-EasyAnimateV5.1-12b-zh"
     tensors = make_lora(model_dir, only=lambda path: path.startswith("transformer_blocks.0.attn1")).tensors()
-    tensors.update({"lora_unet__not_a_layer.lora_down.weight": torch.zeros(4, 8),
-                    "lora_unet__not_a_layer.lora_up.weight": torch.zeros(8, 4)})  # fmt: skip
+    tensors.update(
+        {
+            "lora_unet__not_a_layer.lora_down.weight": torch.zeros(4, 8),
+            "lora_unet__not_a_layer.lora_up.weight": torch.zeros(8, 4),
+        }
+    )
     messages = []
     model = lora_module.meta_transformer(_detection(model_dir))
     matched = match_lora(lora_module.parse_lora(tensors, "partial"), model, log=messages.append)
@@ -123,8 +143,10 @@ def test_a_partial_match_warns_with_counts(tiny_root, tmp_path):
 def test_a_lora_for_another_width_is_an_error_naming_the_shape_mismatch(tiny_root, tmp_path):
     model_dir = tiny_root / "tiny-EasyAnimateV5.1-12b-zh"
     wider = make_lora(model_dir)
-    wider.pairs = {path: (torch.zeros(4, 2 * down.shape[1]), torch.zeros(2 * up.shape[0], 4), None)
-                   for path, (down, up, _) in wider.pairs.items()}  # fmt: skip
+    wider.pairs = {
+        path: (torch.zeros(4, 2 * down.shape[1]), torch.zeros(2 * up.shape[0], 4), None)
+        for path, (down, up, _) in wider.pairs.items()
+    }
     model = lora_module.meta_transformer(_detection(model_dir))
     shapes = r"(?s)proj_out: the model's layer is \[64, 32\].*LoRA's up @ down is \[128, 64\]"
     with pytest.raises(LoraError, match=shapes):
@@ -193,8 +215,9 @@ def test_on_an_fp8_layer_the_delta_is_computed_unquantized(tiny_root, tmp_path):
 
     model_dir = tiny_root / "tiny-EasyAnimateV5.1-12b-zh"
     lora = make_lora(model_dir, rank=4, alpha=2.0)
-    fp8 = load_transformer(model_dir, dtype=torch.float32, storage_dtype=torch.float8_e4m3fn,
-                               fp8_mode="reference exact")  # fmt: skip
+    fp8 = load_transformer(
+        model_dir, dtype=torch.float32, storage_dtype=torch.float8_e4m3fn, fp8_mode="reference exact"
+    )
     layer = fp8.get_submodule("transformer_blocks.0.attn1.to_q")
     assert layer.weight.dtype == torch.float8_e4m3fn
     x = torch.randn(3, 7, layer.in_features, generator=torch.Generator().manual_seed(0))
@@ -234,11 +257,13 @@ def _components(tiny_root, memory_mode="gpu", storage=None, resident_blocks=0):
 @pytest.mark.parametrize("storage", [None, "fp8_e4m3fn"], ids=["fp32", "fp8"])
 @pytest.mark.parametrize("mode,resident", [("model_cpu_offload", 0), ("sequential", 0), ("sequential", 3)])
 def test_every_memory_mode_gives_the_gpu_mode_output_with_loras(tiny_root, tmp_path, storage, mode, resident):
-    from models.lora import LoraModel
+    from models.lora_model import LoraModel
 
     model_dir = tiny_root / GENERATE_MODEL
-    stack = [(saved(make_lora(model_dir, seed=1), tmp_path, "a"), 0.7),
-             (saved(make_lora(model_dir, "peft", seed=2), tmp_path, "b"), -0.4)]  # fmt: skip
+    stack = [
+        (saved(make_lora(model_dir, seed=1), tmp_path, "a"), 0.7),
+        (saved(make_lora(model_dir, "peft", seed=2), tmp_path, "b"), -0.4),
+    ]
     gpu = _components(tiny_root, "gpu", storage)
     expected = _generate(gpu, LoraModel(gpu, stack))
     offloaded = _components(tiny_root, mode, storage, resident)
@@ -284,7 +309,7 @@ def test_merge_mode_matches_the_original_formula_and_leaves_the_stored_weights_u
 
 
 def test_changing_strength_or_removing_the_lora_never_reloads_and_matches_a_fresh_load(tiny_root, tmp_path):
-    from models.lora import LoraModel
+    from models.lora_model import LoraModel
 
     model_dir = tiny_root / GENERATE_MODEL
     weights = saved(make_lora(model_dir), tmp_path, "a")
@@ -302,7 +327,7 @@ def test_changing_strength_or_removing_the_lora_never_reloads_and_matches_a_fres
 
 @pytest.mark.parametrize("mode,resident", [("model_cpu_offload", 0), ("sequential", 1)])
 def test_merge_mode_gives_the_gpu_mode_output_in_offload_modes(tiny_root, tmp_path, mode, resident):
-    from models.lora import LoraModel
+    from models.lora_model import LoraModel
 
     stack = [(saved(make_lora(tiny_root / GENERATE_MODEL, seed=4), tmp_path, "a"), 0.6)]
     gpu = _components(tiny_root, "gpu")
@@ -324,7 +349,7 @@ def test_an_error_during_the_run_leaves_no_lora_attached(tiny_root, tmp_path):
 
 
 def test_stacked_lora_models_share_the_loaded_components(tiny_root, tmp_path):
-    from models.lora import LoraModel, with_lora
+    from models.lora_model import LoraModel, with_lora
 
     components = _components(tiny_root)
     weights = saved(make_lora(tiny_root / GENERATE_MODEL), tmp_path, "a")
@@ -338,7 +363,7 @@ def test_stacked_lora_models_share_the_loaded_components(tiny_root, tmp_path):
 def test_the_lora_model_attaches_before_the_block_swap_takes_its_inventory(tiny_root, tmp_path):
     """Under `sequential`, the bytes streamed per run grow by the blocks' LoRA bytes × block loads."""
     from models import pipeline
-    from models.lora import LoraModel
+    from models.lora_model import LoraModel
     from models.offload import OffloadStats
 
     weights = saved(make_lora(tiny_root / GENERATE_MODEL, rank=4), tmp_path, "a")
@@ -349,11 +374,14 @@ def test_the_lora_model_attaches_before_the_block_swap_takes_its_inventory(tiny_
     for name, model in (("plain", components), ("lora", LoraModel(components, [(weights, 1.0)]))):
         stats = OffloadStats()
         with model.placement(transformer, torch.device("cpu"), stats):
-            pipeline.generate(transformer, None, (torch.randn(1, 8, 64),), request, variant=components.variant,
-                              dtype=torch.float32)  # fmt: skip
+            pipeline.generate(
+                transformer, None, (torch.randn(1, 8, 64),), request, variant=components.variant, dtype=torch.float32
+            )
         moved[name] = (stats.bytes_moved, stats.block_loads)
-    lora_bytes = {i: sum(e.down.numel() + e.up.numel() for k, e in weights.transformer.items()
-                         if f"blocks_{i}_" in k) * 4 for i in range(4)}  # fmt: skip
+    lora_bytes = {
+        i: sum(e.down.numel() + e.up.numel() for k, e in weights.transformer.items() if f"blocks_{i}_" in k) * 4
+        for i in range(4)
+    }
     non_block = sum(e.down.numel() + e.up.numel() for k, e in weights.transformer.items() if "blocks_" not in k) * 4
     streamed = sum(lora_bytes[i] for i in (1, 2, 3))  # one step: blocks 1-3 streamed once each
     assert moved["lora"][1] == moved["plain"][1] == 3
@@ -364,8 +392,9 @@ def test_text_encoder_entries_are_not_counted_as_unmatched_transformer_entries(t
     model_dir = tiny_root / "tiny-EasyAnimateV5-12b-zh"
     tensors = make_lora(model_dir, only=lambda path: path == "proj_out").tensors()
     tensors.update(make_lora(model_dir, "kohya_te").tensors())
-    matched = match_lora(lora_module.parse_lora(tensors, "te"), lora_module.meta_transformer(_detection(model_dir)),
-                         log=pytest.fail)  # fmt: skip
+    matched = match_lora(
+        lora_module.parse_lora(tensors, "te"), lora_module.meta_transformer(_detection(model_dir)), log=pytest.fail
+    )
     assert list(matched) == ["proj_out"]
 
 

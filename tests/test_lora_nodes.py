@@ -65,8 +65,9 @@ def test_text_encoder_strength_is_the_strength_times_the_ratio(pack, lora_nodes,
     assert [s for _, s in node.apply(model, "te.safetensors", 0.6, text_encoder_ratio=0.0)[0].text_loras] == [0.0]
 
 
-def test_the_text_encode_node_encodes_through_the_lora_nodes_text_encoder_part(pack, lora_nodes, tiny_root, tmp_path,
-                                                                              monkeypatch):  # fmt: skip
+def test_the_text_encode_node_encodes_through_the_lora_nodes_text_encoder_part(
+    pack, lora_nodes, tiny_root, tmp_path, monkeypatch
+):
     """Loader output -> LoRA node -> Text Encode node: the Bert stream changes, mT5's does not; ratio 0 is the base."""
     import importlib
 
@@ -99,8 +100,10 @@ def lora_graph(model, stack, prefix, **kwargs):
     source = ["1", 0]
     for i, (name, strength) in enumerate(stack):
         node = str(10 + i)
-        prompt[node] = {"class_type": "EasyAnimateLora",
-                        "inputs": {"model": source, "lora_name": name, "strength": strength}}  # fmt: skip
+        prompt[node] = {
+            "class_type": "EasyAnimateLora",
+            "inputs": {"model": source, "lora_name": name, "strength": strength},
+        }
         source = [node, 0]
     for node in ("2", "3", "4"):
         prompt[node]["inputs"]["model"] = source
@@ -161,9 +164,11 @@ def big_lora_server(tmp_path_factory):
         lora = make_lora(model_dir, file_format, rank=BIG_RANK, alpha=alpha, seed=seed, magnitude=0.05)
         lora.save(loras / f"{name}.safetensors", torch.bfloat16)
         sizes.append(sum(down.numel() + up.numel() for down, up, _ in lora.pairs.values()))
-    server = ComfyServer.start(custom_nodes={PACK_FOLDER_NAME: REPO_ROOT},
-                               model_paths={"EasyAnimate": [models], "loras": [loras]},
-                               base_dir=tmp_path_factory.mktemp("comfyui_lora_rss"))  # fmt: skip
+    server = ComfyServer.start(
+        custom_nodes={PACK_FOLDER_NAME: REPO_ROOT},
+        model_paths={"EasyAnimate": [models], "loras": [loras]},
+        base_dir=tmp_path_factory.mktemp("comfyui_lora_rss"),
+    )
     server.lora_numbers = min(sizes)
     yield server
     server.stop()
@@ -173,8 +178,12 @@ def test_switching_large_loras_for_three_cycles_does_not_grow_rss(big_lora_serve
     """base, A, B, A+B, three times over: RSS after the third cycle is within half of one LoRA (in the fp32 compute
     dtype it is held in) of RSS after the first. A LoRA kept per switch would add two or more per cycle."""
     server = big_lora_server
-    stacks = {"base": [], "a": [("big_a.safetensors", 0.8)], "b": [("big_b.safetensors", -0.5)],
-              "ab": [("big_a.safetensors", 0.8), ("big_b.safetensors", -0.7)]}  # fmt: skip
+    stacks = {
+        "base": [],
+        "a": [("big_a.safetensors", 0.8)],
+        "b": [("big_b.safetensors", -0.5)],
+        "ab": [("big_a.safetensors", 0.8), ("big_b.safetensors", -0.7)],
+    }
     rss = []
     for cycle in range(3):
         for key, stack in stacks.items():
@@ -182,8 +191,10 @@ def test_switching_large_loras_for_three_cycles_does_not_grow_rss(big_lora_serve
         rss.append(_rss(server))
     one_lora = server.lora_numbers * 4
     growth = (rss[2] - rss[0]) / one_lora
-    print(f"RSS after each cycle {[f'{r / 2**20:.0f} MiB' for r in rss]}, one LoRA {one_lora / 2**20:.0f} MiB, "
-          f"growth {growth:.2f} LoRA")  # fmt: skip
+    print(
+        f"RSS after each cycle {[f'{r / 2**20:.0f} MiB' for r in rss]}, one LoRA {one_lora / 2**20:.0f} MiB, "
+        f"growth {growth:.2f} LoRA"
+    )
     assert growth <= 0.5, [f"{r / 2**20:.0f} MiB" for r in rss]
 
 

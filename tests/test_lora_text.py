@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import save_file
 from tiny_loras import make_lora, merged_text_encoder_model
 
-from models.lora import LoraError, LoraModel, add_lora_bytes, load_lora_file, lora_bytes, with_lora
+from models.lora import LoraError, load_lora_file
+from models.lora_model import LoraModel, add_lora_bytes, lora_bytes, with_lora
 from models.lora_text import LoraTextEncoder
 from models.ops import LoraLinear
 from models.text import load_text_encoder
@@ -49,8 +50,9 @@ def test_text_encoder_lora_equals_bert_on_weights_merged_by_the_original_formula
     model_dir = tiny_root / V5
     text_lora = make_lora(model_dir, "kohya_te", rank=4, alpha=2.0, seed=1)
     weights = _lora_file(tmp_path, "style", make_lora(model_dir, seed=2), text_lora)
-    oracle = load_text_encoder(merged_text_encoder_model(model_dir, tmp_path / "merged", [(text_lora, strength)]),
-                               "v5", dtype=torch.float32)  # fmt: skip
+    oracle = load_text_encoder(
+        merged_text_encoder_model(model_dir, tmp_path / "merged", [(text_lora, strength)]), "v5", dtype=torch.float32
+    )
     expected = oracle.encode([PROMPT], NEGATIVE, use_cache=False)
     components = _components(tiny_root)
     base = _encode(components)
@@ -102,8 +104,12 @@ def test_prompt_cache_never_serves_embeddings_of_another_text_lora_setting(tiny_
     components = _components(tiny_root)
     weights = _lora_file(tmp_path, "te", make_lora(tiny_root / V5, "kohya_te", seed=6))
     runs = {}
-    models = {"base": components, "lora": with_lora(components, weights, 1.0),
-              "half": with_lora(components, weights, 1.0, text_strength=0.5), "base again": components}  # fmt: skip
+    models = {
+        "base": components,
+        "lora": with_lora(components, weights, 1.0),
+        "half": with_lora(components, weights, 1.0, text_strength=0.5),
+        "base again": components,
+    }
     for label, model in models.items():
         runs[label] = model.text_encoder().encode([PROMPT], NEGATIVE, release_after=True)  # cache on
     assert torch.equal(runs["base"].positive[0], runs["base again"].positive[0])
@@ -149,9 +155,11 @@ def test_unmatched_text_encoder_entries_warn_once_with_counts(tiny_root, tmp_pat
     view = LoraTextEncoder(components.text_encoder(), model.text_loras, log=messages.append)
     view.encode([PROMPT], NEGATIVE, use_cache=False, release_after=True)
     entries = len(text_lora.pairs)
-    assert messages == [f"EasyAnimate LoRA warning: t5ish.safetensors (V5 Bert text encoder): {entries - 1} of "
-                        f"{entries} entries applied; 1 unmatched (first: "
-                        "['lora_te_encoder_block_0_layer_0_SelfAttention_q'])."]  # fmt: skip
+    assert messages == [
+        f"EasyAnimate LoRA warning: t5ish.safetensors (V5 Bert text encoder): {entries - 1} of "
+        f"{entries} entries applied; 1 unmatched (first: "
+        "['lora_te_encoder_block_0_layer_0_SelfAttention_q'])."
+    ]
 
 
 # -- LoRA bytes in the memory plan ------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from models.memory import (
     plan_memory,
     transformer_weight_bytes,
     vae_weight_bytes,
-)  # fmt: skip
+)
 from models.quant import allocated_bytes
 from models.vae import load_vae
 
@@ -56,8 +56,9 @@ def test_vae_weight_bytes_equal_allocated_bytes(tiny_root, name, dtype):
 def test_plain_loader_allocates_what_the_memory_model_predicts(tiny_root):
     path = tiny_root / "tiny-EasyAnimateV5.1-12b-zh"
     model = load_transformer(path, dtype=torch.bfloat16, storage_dtype=torch.float8_e4m3fn)
-    assert allocated_bytes(model) == transformer_weight_bytes(path, torch.bfloat16, torch.float8_e4m3fn,
-                                                              "reference exact")  # fmt: skip
+    assert allocated_bytes(model) == transformer_weight_bytes(
+        path, torch.bfloat16, torch.float8_e4m3fn, "reference exact"
+    )
 
 
 def test_full_size_12b_on_the_meta_device_has_the_released_parameter_count():

@@ -18,8 +18,9 @@ DEVICE = torch.device("cpu")
 
 
 def _request():
-    return pipeline.Request(width=WIDTH, height=HEIGHT, frames=FRAMES, steps=STEPS, guidance_scale=CFG, seed=5,
-                            scheduler="Flow")  # fmt: skip
+    return pipeline.Request(
+        width=WIDTH, height=HEIGHT, frames=FRAMES, steps=STEPS, guidance_scale=CFG, seed=5, scheduler="Flow"
+    )
 
 
 def _text():
@@ -39,8 +40,9 @@ def _load(tiny_root, storage):
 
 
 @pytest.mark.parametrize("storage", [None, torch.float8_e4m3fn], ids=["fp32", "fp8"])
-@pytest.mark.parametrize("mode,resident", [("model_cpu_offload", 0), ("sequential", 0), ("sequential", 1),
-                                           ("sequential", 4)])  # fmt: skip
+@pytest.mark.parametrize(
+    "mode,resident", [("model_cpu_offload", 0), ("sequential", 0), ("sequential", 1), ("sequential", 4)]
+)
 def test_offload_mode_output_is_identical_to_gpu_mode(tiny_root, storage, mode, resident):
     variant = detect(tiny_root / MODEL).variant
     model = _load(tiny_root, storage)
@@ -105,9 +107,13 @@ def _recording_allocator(sizes):
 def test_arena_packs_tensors_into_power_of_two_chunks_and_keeps_values():
     g = torch.Generator().manual_seed(0)
     # the 12B's shapes scaled down: one big feed-forward weight per block, several square ones, vectors, fp8 and bf16
-    tensors = [torch.randn(96, 384, generator=g).to(torch.bfloat16), torch.randn(96, 96, generator=g),
-               torch.randn(96, generator=g).to(torch.bfloat16), torch.randn(384, 96, generator=g).to(torch.float8_e4m3fn),
-               torch.randn(7, generator=g)] * 6  # fmt: skip
+    tensors = [
+        torch.randn(96, 384, generator=g).to(torch.bfloat16),
+        torch.randn(96, 96, generator=g),
+        torch.randn(96, generator=g).to(torch.bfloat16),
+        torch.randn(384, 96, generator=g).to(torch.float8_e4m3fn),
+        torch.randn(7, generator=g),
+    ] * 6
     sizes = []
     arena = PinnedArena(max(t.numel() * t.element_size() for t in tensors), _recording_allocator(sizes))
     placed = [arena.place(t) for t in tensors]
@@ -161,7 +167,7 @@ def test_offload_puts_every_tensor_of_the_forward_on_the_device(tiny_root, tmp_p
     latents = torch.empty(2, model.params.in_channels, 2, 8, 8, device=meta)
     timestep = torch.full((2,), 500.0, device=meta)
     text = torch.empty(2, 8, model.params.text_embed_dim, device=meta)
-    # in the sampler's order (models/lora.py LoraModel.placement): LoRAs attached first, then placed
+    # in the sampler's order (models/lora_model.py LoraModel.placement): LoRAs attached first, then placed
     with loras_attached(model, stack, merge=lora == "merged", log=lambda line: None):
         placement = (
             on_device(model, meta, pin_memory=False) if mode == "model_cpu_offload" else BlockSwap(model, meta, 1)

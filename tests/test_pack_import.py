@@ -9,15 +9,31 @@ from conftest import REPO_ROOT
 # Node ids of the official EasyAnimate plugin and kijai's EasyAnimateWrapper (docs/architecture.md, ComfyUI
 # integration): ours must differ so either pack can be installed beside this one.
 OFFICIAL_IDS = {
-    "LoadEasyAnimateModel", "LoadEasyAnimateLora", "TextBox", "EasyAnimate_TextBox", "EasyAnimateT2VSampler",
-    "EasyAnimateV5_T2VSampler", "EasyAnimateI2VSampler", "EasyAnimateV5_I2VSampler", "EasyAnimateV2VSampler",
-    "EasyAnimateV5_V2VSampler", "CreateTrajectoryBasedOnKJNodes", "ImageMaximumNode", "CameraBasicFromChaoJie",
-    "CameraCombineFromChaoJie", "CameraJoinFromChaoJie", "CameraTrajectoryFromChaoJie",
-}  # fmt: skip
+    "LoadEasyAnimateModel",
+    "LoadEasyAnimateLora",
+    "TextBox",
+    "EasyAnimate_TextBox",
+    "EasyAnimateT2VSampler",
+    "EasyAnimateV5_T2VSampler",
+    "EasyAnimateI2VSampler",
+    "EasyAnimateV5_I2VSampler",
+    "EasyAnimateV2VSampler",
+    "EasyAnimateV5_V2VSampler",
+    "CreateTrajectoryBasedOnKJNodes",
+    "ImageMaximumNode",
+    "CameraBasicFromChaoJie",
+    "CameraCombineFromChaoJie",
+    "CameraJoinFromChaoJie",
+    "CameraTrajectoryFromChaoJie",
+}
 KIJAI_IDS = {
-    "DownloadAndLoadEasyAnimateModel", "EasyAnimateTextEncode", "EasyAnimateSampler", "EasyAnimateDecode",
-    "EasyAnimateImageEncoder", "EasyAnimateResize",
-}  # fmt: skip
+    "DownloadAndLoadEasyAnimateModel",
+    "EasyAnimateTextEncode",
+    "EasyAnimateSampler",
+    "EasyAnimateDecode",
+    "EasyAnimateImageEncoder",
+    "EasyAnimateResize",
+}
 
 PROBE = r"""
 import importlib.util, json, sys

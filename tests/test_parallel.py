@@ -23,8 +23,15 @@ def _relative_error(ours, reference):
 
 def torchrun(nproc: int, script: Path, *args, timeout: int = 900) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               str(script), *map(str, args)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        str(script),
+        *map(str, args),
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"torchrun failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done
@@ -86,13 +93,36 @@ def test_command_line_under_torchrun_equals_one_process_and_rank0_writes_the_vid
 
     picture = tmp_path / "start.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 80, 3), dtype=np.uint8)).save(picture)
-    args = ["--model", ensure_tiny_checkpoints() / "tiny-EasyAnimateV5.1-12b-zh-InP", "--prompt", "a boat",
-            "--width", 80, "--height", 48, "--frames", 5, "--steps", 3, "--precision", "fp32",
-            "--start-image", picture]  # fmt: skip
+    args = [
+        "--model",
+        ensure_tiny_checkpoints() / "tiny-EasyAnimateV5.1-12b-zh-InP",
+        "--prompt",
+        "a boat",
+        "--width",
+        80,
+        "--height",
+        48,
+        "--frames",
+        5,
+        "--steps",
+        3,
+        "--precision",
+        "fp32",
+        "--start-image",
+        picture,
+    ]
     single, parallel = tmp_path / "single.safetensors", tmp_path / "parallel.safetensors"
     generate.main([str(a) for a in args] + ["--save-latents", str(single), "--no-decode"])
-    done = torchrun(2, HERE.parent / "tools" / "generate.py", *args, "--cfg-parallel", "--save-latents", parallel,
-                    "--out", tmp_path / "clip.mp4")  # fmt: skip
+    done = torchrun(
+        2,
+        HERE.parent / "tools" / "generate.py",
+        *args,
+        "--cfg-parallel",
+        "--save-latents",
+        parallel,
+        "--out",
+        tmp_path / "clip.mp4",
+    )
     from safetensors.torch import load_file
 
     reference, ours = load_file(single)["latents"], load_file(parallel)["latents"]

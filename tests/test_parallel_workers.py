@@ -17,8 +17,15 @@ MODEL = "tiny-EasyAnimateV5.1-12b-zh"
 
 def _generate(transformer, model, steps=3, teacache_threshold=0.0):
     request = pipeline.Request(width=80, height=48, frames=5, steps=steps, guidance_scale=6.0, seed=3, scheduler="Flow")
-    return pipeline.generate(transformer, model.vae(), text_embeds(), request, variant=model.variant,
-                             dtype=torch.float32, teacache_threshold=teacache_threshold)  # fmt: skip
+    return pipeline.generate(
+        transformer,
+        model.vae(),
+        text_embeds(),
+        request,
+        variant=model.variant,
+        dtype=torch.float32,
+        teacache_threshold=teacache_threshold,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +72,13 @@ def test_interrupt_stops_every_worker_mid_call_and_the_pool_stays_usable(model, 
         calls.append(1)
         raise KeyboardInterrupt("user cancel")
 
-    inputs = {"latents": torch.randn(1, 16, 13, 64, 64), "timestep": torch.tensor([500.0]),
-              "text": torch.randn(1, 12, 64), "text_t5": None, "step_index": None}  # fmt: skip
+    inputs = {
+        "latents": torch.randn(1, 16, 13, 64, 64),
+        "timestep": torch.tensor([500.0]),
+        "text": torch.randn(1, 12, 64),
+        "text_t5": None,
+        "step_index": None,
+    }
     with pytest.raises(KeyboardInterrupt):
         pool.call(inputs, interrupt)
     assert pool.interrupted_ranks == [0, 1]  # both answered from inside the forward, not after finishing it

@@ -50,9 +50,15 @@ def _ours(model_dir, text_embeds, request, given_noise=True):
     positive, negative = text_embeds
     shape = pipeline.latent_shape(WIDTH, HEIGHT, FRAMES)
     return pipeline.generate(
-        transformer, vae, (torch.cat([negative, positive]),), request, variant=detection.variant,
-        scheduler_config=config, dtype=torch.float32, initial_noise=_noise(shape) if given_noise else None,
-    )  # fmt: skip
+        transformer,
+        vae,
+        (torch.cat([negative, positive]),),
+        request,
+        variant=detection.variant,
+        scheduler_config=config,
+        dtype=torch.float32,
+        initial_noise=_noise(shape) if given_noise else None,
+    )
 
 
 def _theirs(pipeline_class, model_dir, text_embeds, given_noise=True, **kwargs):
@@ -74,19 +80,36 @@ def _theirs(pipeline_class, model_dir, text_embeds, given_noise=True, **kwargs):
     shape = pipeline.latent_shape(WIDTH, HEIGHT, FRAMES)
     with torch.no_grad():
         out = pipe(
-            prompt=None, prompt_embeds=positive, negative_prompt_embeds=negative, prompt_attention_mask=mask,
-            negative_prompt_attention_mask=mask, num_frames=FRAMES, height=HEIGHT, width=WIDTH,
-            num_inference_steps=STEPS, guidance_scale=CFG, latents=_noise(shape) if given_noise else None,
-            generator=torch.Generator().manual_seed(SEED), output_type="latent", return_dict=False, **kwargs,
-        )  # fmt: skip
+            prompt=None,
+            prompt_embeds=positive,
+            negative_prompt_embeds=negative,
+            prompt_attention_mask=mask,
+            negative_prompt_attention_mask=mask,
+            num_frames=FRAMES,
+            height=HEIGHT,
+            width=WIDTH,
+            num_inference_steps=STEPS,
+            guidance_scale=CFG,
+            latents=_noise(shape) if given_noise else None,
+            generator=torch.Generator().manual_seed(SEED),
+            output_type="latent",
+            return_dict=False,
+            **kwargs,
+        )
     return out[0]
 
 
 def _request(**kwargs):
     return pipeline.Request(
-        width=WIDTH, height=HEIGHT, frames=FRAMES, steps=STEPS, guidance_scale=CFG, seed=SEED, scheduler="Flow",
+        width=WIDTH,
+        height=HEIGHT,
+        frames=FRAMES,
+        steps=STEPS,
+        guidance_scale=CFG,
+        seed=SEED,
+        scheduler="Flow",
         **kwargs,
-    )  # fmt: skip
+    )
 
 
 def test_text_to_video_matches_diffusers(tiny_root, text_embeds):
@@ -133,8 +156,13 @@ def test_image_to_video_with_start_and_end_image_matches_diffusers(tiny_root, te
     ours = _ours(model_dir, text_embeds, _request(start_images=start, end_images=end), given_noise=False)
     video, mask = reference_image_to_video(start, end, FRAMES)
     theirs = _theirs(
-        diffusers.EasyAnimateInpaintPipeline, model_dir, text_embeds, given_noise=False, video=video, mask_video=mask,
-    )  # fmt: skip
+        diffusers.EasyAnimateInpaintPipeline,
+        model_dir,
+        text_embeds,
+        given_noise=False,
+        video=video,
+        mask_video=mask,
+    )
     assert _relative_error(ours, theirs) <= REL_TOL
     # the end frame really took part (through the masked-video latent; the mask channel cannot show it)
     start_only = _ours(model_dir, text_embeds, _request(start_images=start), given_noise=False)
@@ -154,12 +182,18 @@ def test_video_to_video_starts_from_the_encoded_input_video_like_diffusers(tiny_
     ours = _ours(model_dir, text_embeds, _request(input_video=clip, denoise_strength=0.5), given_noise=False)
     video = clip.permute(1, 0, 2, 3).unsqueeze(0)  # [1, 3, T, H, W]
     theirs = _theirs(
-        diffusers.EasyAnimateInpaintPipeline, model_dir, text_embeds, given_noise=False, video=video,
-        mask_video=torch.full((1, 1, FRAMES, HEIGHT, WIDTH), 255.0), strength=0.5,
-    )  # fmt: skip
+        diffusers.EasyAnimateInpaintPipeline,
+        model_dir,
+        text_embeds,
+        given_noise=False,
+        video=video,
+        mask_video=torch.full((1, 1, FRAMES, HEIGHT, WIDTH), 255.0),
+        strength=0.5,
+    )
     assert _relative_error(ours, theirs) <= REL_TOL
-    other_clip = _ours(model_dir, text_embeds, _request(input_video=_frames(FRAMES, 7), denoise_strength=0.5),
-                       given_noise=False)  # fmt: skip
+    other_clip = _ours(
+        model_dir, text_embeds, _request(input_video=_frames(FRAMES, 7), denoise_strength=0.5), given_noise=False
+    )
     assert _relative_error(other_clip, theirs) > 100 * REL_TOL
 
 
@@ -192,9 +226,12 @@ def test_control_video_with_reference_image_matches_diffusers(tiny_root, text_em
     control, reference = _frames(FRAMES, 4), _frames(1, 5)
     ours = _ours(model_dir, text_embeds, _request(control_video=control, reference_image=reference))
     theirs = _theirs(
-        diffusers.EasyAnimateControlPipeline, model_dir, text_embeds,
-        control_video=control.permute(1, 0, 2, 3).unsqueeze(0), ref_image=reference.unsqueeze(2),
-    )  # fmt: skip
+        diffusers.EasyAnimateControlPipeline,
+        model_dir,
+        text_embeds,
+        control_video=control.permute(1, 0, 2, 3).unsqueeze(0),
+        ref_image=reference.unsqueeze(2),
+    )
     assert _relative_error(ours, theirs) <= REL_TOL
     plain = _ours(model_dir, text_embeds, _request())
     assert _relative_error(plain, theirs) > 100 * REL_TOL

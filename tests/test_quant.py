@@ -10,7 +10,7 @@ from models.quant import (
     fp8_matmul_supported,
     is_precision_sensitive,
     quantize_scaled,
-)  # fmt: skip
+)
 
 MODELS = ["tiny-EasyAnimateV5.1-12b-zh", "tiny-EasyAnimateV5-7b-zh-InP", "tiny-EasyAnimateV5.1-7b-zh-Control"]
 
@@ -30,13 +30,25 @@ def test_quality_mode_keeps_norms_embeddings_modulation_and_projections_in_bf16(
         tiny_root / MODELS[0], dtype=torch.bfloat16, fp8_mode="quality", storage_dtype=torch.float8_e4m3fn
     )
     dtypes = {name: t.dtype for name, t in model.state_dict().items()}
-    for name in ("proj.weight", "proj_out.weight", "time_embedding.linear_1.weight", "text_proj.0.weight",
-                 "text_proj.1.weight", "norm_final.weight", "norm_out.linear.weight",
-                 "transformer_blocks.0.norm1.linear.weight", "transformer_blocks.0.attn1.norm_q.weight",
-                 "transformer_blocks.1.attn2.to_q.bias"):  # fmt: skip
+    for name in (
+        "proj.weight",
+        "proj_out.weight",
+        "time_embedding.linear_1.weight",
+        "text_proj.0.weight",
+        "text_proj.1.weight",
+        "norm_final.weight",
+        "norm_out.linear.weight",
+        "transformer_blocks.0.norm1.linear.weight",
+        "transformer_blocks.0.attn1.norm_q.weight",
+        "transformer_blocks.1.attn2.to_q.bias",
+    ):
         assert dtypes[name] == torch.bfloat16, name
-    for name in ("transformer_blocks.0.attn1.to_q.weight", "transformer_blocks.0.attn2.to_out.0.weight",
-                 "transformer_blocks.1.ff.net.0.proj.weight", "transformer_blocks.1.txt_ff.net.2.weight"):  # fmt: skip
+    for name in (
+        "transformer_blocks.0.attn1.to_q.weight",
+        "transformer_blocks.0.attn2.to_out.0.weight",
+        "transformer_blocks.1.ff.net.0.proj.weight",
+        "transformer_blocks.1.txt_ff.net.2.weight",
+    ):
         assert dtypes[name] == torch.float8_e4m3fn, name
     assert not is_precision_sensitive("transformer_blocks.3.ff.net.0.proj.weight")  # FF up-projection is not `proj`
 

@@ -28,8 +28,11 @@ def tiny_model(tiny_root):
 
 def test_each_out_of_range_input_is_reported_once_on_itself_with_its_bounds():
     problems = preflight.input_problems(0, -64, 100001)
-    assert problems == {"width": "width 0 is outside 16..2048 pixels", "height": "height -64 is outside 16..2048 pixels",
-                        "frames": "frames 100001 is outside 1..253"}  # fmt: skip
+    assert problems == {
+        "width": "width 0 is outside 16..2048 pixels",
+        "height": "height -64 is outside 16..2048 pixels",
+        "frames": "frames 100001 is outside 1..253",
+    }
 
 
 def test_a_string_width_is_rejected_with_the_expected_type_and_a_step_error_names_neighbours():
@@ -94,8 +97,9 @@ def test_on_a_gpu_a_forced_mode_that_does_not_fit_names_a_mode_that_does(tiny_ro
         preflight.check_request(model, "cuda", 672, 384, 49, free_vram=40 * GIB, ram=128 * GIB, log=lambda s: None)
     assert "GPU memory" in str(refused.value) and "memory_mode model_cpu_offload" in str(refused.value)
     offload = open_model(tiny_root / MODEL, "bf16", memory_mode="model_cpu_offload")
-    assert preflight.check_request(offload, "cuda", 672, 384, 49, free_vram=40 * GIB, ram=128 * GIB,
-                                   log=lambda s: None).fits  # fmt: skip
+    assert preflight.check_request(
+        offload, "cuda", 672, 384, 49, free_vram=40 * GIB, ram=128 * GIB, log=lambda s: None
+    ).fits
 
 
 # -- ownership --------------------------------------------------------------------------------------------------------
@@ -165,11 +169,17 @@ def _truncated_copy(tiny_root, tmp_path, relative: str, keep: int) -> tuple:
     return folder, target
 
 
-@pytest.mark.parametrize("relative,keep", [("vae/diffusion_pytorch_model.safetensors", 4000),
-                                           ("text_encoder/model-00002-of-00003.safetensors", 3000),
-                                           ("tokenizer/tokenizer.json", 500)])  # fmt: skip
-def test_a_truncated_vae_text_encoder_or_tokenizer_file_is_named_when_the_model_opens(tiny_root, tmp_path, relative,
-                                                                                      keep):  # fmt: skip
+@pytest.mark.parametrize(
+    "relative,keep",
+    [
+        ("vae/diffusion_pytorch_model.safetensors", 4000),
+        ("text_encoder/model-00002-of-00003.safetensors", 3000),
+        ("tokenizer/tokenizer.json", 500),
+    ],
+)
+def test_a_truncated_vae_text_encoder_or_tokenizer_file_is_named_when_the_model_opens(
+    tiny_root, tmp_path, relative, keep
+):
     folder, target = _truncated_copy(tiny_root, tmp_path, relative, keep)
     with pytest.raises(CheckpointError) as error:
         open_model(folder, "bf16")

@@ -14,16 +14,31 @@ from models.components import open_model
 
 # The node defaults as released by the reference predict scripts (docs/faithfulness.md, schedulers), written out by
 # hand: the registry must hold exactly these, and the nodes must show the registry's.
-REFERENCE_DEFAULTS = {"width": 672, "height": 384, "frames": 49, "steps": 50, "cfg": 6.0, "seed": 43,
-                      "scheduler": "auto", "teacache_threshold": 0.08}  # fmt: skip
+REFERENCE_DEFAULTS = {
+    "width": 672,
+    "height": 384,
+    "frames": 49,
+    "steps": 50,
+    "cfg": 6.0,
+    "seed": 43,
+    "scheduler": "auto",
+    "teacache_threshold": 0.08,
+}
 
 
 def test_sampler_widget_defaults_are_the_registry_values(pack):
     required = pack.nodes.sampler.EasyAnimateVideoSampler.INPUT_TYPES()["required"]
     shown = {name: required[name][1]["default"] for name in REFERENCE_DEFAULTS}
-    registry = {"width": defaults.DEFAULT_WIDTH, "height": defaults.DEFAULT_HEIGHT, "frames": defaults.DEFAULT_FRAMES,
-                "steps": defaults.DEFAULT_STEPS, "cfg": defaults.DEFAULT_GUIDANCE, "seed": defaults.DEFAULT_SEED,
-                "scheduler": defaults.AUTO_SCHEDULER, "teacache_threshold": defaults.DEFAULT_TEACACHE_THRESHOLD}  # fmt: skip
+    registry = {
+        "width": defaults.DEFAULT_WIDTH,
+        "height": defaults.DEFAULT_HEIGHT,
+        "frames": defaults.DEFAULT_FRAMES,
+        "steps": defaults.DEFAULT_STEPS,
+        "cfg": defaults.DEFAULT_GUIDANCE,
+        "seed": defaults.DEFAULT_SEED,
+        "scheduler": defaults.AUTO_SCHEDULER,
+        "teacache_threshold": defaults.DEFAULT_TEACACHE_THRESHOLD,
+    }
     assert shown == registry == REFERENCE_DEFAULTS
     assert tuple(required["scheduler"][0]) == defaults.SCHEDULER_CHOICES
     assert set(defaults.SCHEDULER_CHOICES[1:]) == {
@@ -67,8 +82,17 @@ def counted_loads(monkeypatch):
 
 
 def _sample(pack, model, embeddings_version, **inputs):
-    settings = dict(width=64, height=64, frames=5, steps=2, cfg=6.0, seed=1, scheduler="auto", teacache_threshold=0.0,
-                    teacache_skip_start=0)  # fmt: skip
+    settings = dict(
+        width=64,
+        height=64,
+        frames=5,
+        steps=2,
+        cfg=6.0,
+        seed=1,
+        scheduler="auto",
+        teacache_threshold=0.0,
+        teacache_skip_start=0,
+    )
     settings.update(inputs)
     embeddings = types.SimpleNamespace(version=embeddings_version)
     return pack.nodes.sampler.EasyAnimateVideoSampler().sample(model, embeddings, **settings)
@@ -77,16 +101,20 @@ def _sample(pack, model, embeddings_version, **inputs):
 IMAGE = torch.rand(1, 64, 64, 3)
 
 
-@pytest.mark.parametrize(("model_name", "embeddings", "inputs", "message"), [
-    ("tiny-EasyAnimateV5.1-12b-zh", "v5.1", {"scheduler": "DDIM"}, "does not work with"),
-    ("tiny-EasyAnimateV5-12b-zh", "v5", {"scheduler": "Flow UniPC"}, "does not work with"),
-    ("tiny-EasyAnimateV5.1-12b-zh", "v5.1", {"start_image": IMAGE}, "need an InP"),
-    ("tiny-EasyAnimateV5.1-12b-zh-InP", "v5.1", {"reference_image": IMAGE}, "reference image needs"),
-    ("tiny-EasyAnimateV5.1-12b-zh-Control-Camera", "v5.1", {}, "connect a camera path"),
-    ("tiny-EasyAnimateV5.1-12b-zh", "v5", {}, "same model's text encoder"),
-])  # fmt: skip
-def test_a_mismatch_is_refused_before_any_transformer_weight_is_read(pack, tiny_root, counted_loads, model_name,
-                                                                     embeddings, inputs, message):  # fmt: skip
+@pytest.mark.parametrize(
+    ("model_name", "embeddings", "inputs", "message"),
+    [
+        ("tiny-EasyAnimateV5.1-12b-zh", "v5.1", {"scheduler": "DDIM"}, "does not work with"),
+        ("tiny-EasyAnimateV5-12b-zh", "v5", {"scheduler": "Flow UniPC"}, "does not work with"),
+        ("tiny-EasyAnimateV5.1-12b-zh", "v5.1", {"start_image": IMAGE}, "need an InP"),
+        ("tiny-EasyAnimateV5.1-12b-zh-InP", "v5.1", {"reference_image": IMAGE}, "reference image needs"),
+        ("tiny-EasyAnimateV5.1-12b-zh-Control-Camera", "v5.1", {}, "connect a camera path"),
+        ("tiny-EasyAnimateV5.1-12b-zh", "v5", {}, "same model's text encoder"),
+    ],
+)
+def test_a_mismatch_is_refused_before_any_transformer_weight_is_read(
+    pack, tiny_root, counted_loads, model_name, embeddings, inputs, message
+):
     model = open_model(tiny_root / model_name, "bf16")
     with pytest.raises(ValueError, match=message):
         _sample(pack, model, embeddings, **inputs)

@@ -17,9 +17,11 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CODE = sorted((REPO_ROOT / "models").rglob("*.py")) + sorted((REPO_ROOT / "nodes").rglob("*.py"))
-SOURCES = CODE + sorted(
-    path for folder in ("tools", "benchmarks") for path in (REPO_ROOT / folder).rglob("*.py")
-) + [REPO_ROOT / "__init__.py", REPO_ROOT / "install.py"]  # fmt: skip
+SOURCES = (
+    CODE
+    + sorted(path for folder in ("tools", "benchmarks") for path in (REPO_ROOT / folder).rglob("*.py"))
+    + [REPO_ROOT / "__init__.py", REPO_ROOT / "install.py"]
+)
 MAX_LINES = 450
 MUTABLE_CALLS = {"dict", "list", "set", "OrderedDict", "defaultdict", "deque", "Counter"}
 MUTABLE_LITERALS = (ast.Dict, ast.List, ast.Set, ast.DictComp, ast.ListComp, ast.SetComp)

@@ -38,8 +38,9 @@ def oracle_video(tracks, width, height):
             top, bottom = max(y - half, 0), min(y + half, height - 1)
             left, right = max(x - half, 0), min(x + half, width - 1)
             if right - left > 3 and bottom - top > 3:
-                image[top:bottom, left:right] = np.maximum(cv2.resize(template, (right - left, bottom - top)),
-                                                           image[top:bottom, left:right])  # fmt: skip
+                image[top:bottom, left:right] = np.maximum(
+                    cv2.resize(template, (right - left, bottom - top)), image[top:bottom, left:right]
+                )
             frames.append(image / 255)
         per_track.append(frames)
     video = np.max(np.array(per_track), axis=0)

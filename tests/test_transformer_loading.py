@@ -342,8 +342,13 @@ def test_inspect_model_reads_a_24gb_file_from_its_header_only(tmp_path):
     with open(path, "wb") as handle:
         handle.write(struct.pack("<Q", len(raw)) + raw)
         handle.truncate(8 + len(raw) + offset)  # sparse: 23.6 GB of holes
-    result = subprocess.run([sys.executable, "-c", READ_BYTES_PROBE, str(REPO_ROOT / "tools" / "inspect_model.py"),
-                             str(path)], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", READ_BYTES_PROBE, str(REPO_ROOT / "tools" / "inspect_model.py"), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
+    )
     assert result.returncode == 0, result.stderr
     read_bytes = int(result.stderr.rsplit("READ_BYTES ", 1)[1].split()[0])
     lines = dict(line.split(":", 1) for line in result.stdout.splitlines())

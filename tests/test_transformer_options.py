@@ -18,18 +18,31 @@ RUNTIME_NAMES = {"teacache", "step_index", "interrupt", "parallel"}
 
 def tiny_model() -> EasyAnimateTransformer:
     torch.manual_seed(0)
-    params = TransformerParams.from_config(dict(
-        in_channels=16, num_layers=LAYERS, mmdit_layers=LAYERS, out_channels=16, num_attention_heads=2,
-        attention_head_dim=16, time_embed_dim=24, patch_size=2, text_embed_dim=64, text_embed_dim_t5=None,
-        add_norm_text_encoder=True,
-    ))  # fmt: skip
+    params = TransformerParams.from_config(
+        dict(
+            in_channels=16,
+            num_layers=LAYERS,
+            mmdit_layers=LAYERS,
+            out_channels=16,
+            num_attention_heads=2,
+            attention_head_dim=16,
+            time_embed_dim=24,
+            patch_size=2,
+            text_embed_dim=64,
+            text_embed_dim_t5=None,
+            add_norm_text_encoder=True,
+        )
+    )
     return EasyAnimateTransformer(params).eval()
 
 
 def tiny_inputs(seed: int = 1) -> dict:
     g = torch.Generator().manual_seed(seed)
-    return dict(latents=torch.randn(2, 16, 2, 4, 6, generator=g), timestep=torch.tensor([999.0, 500.0]),
-                text=torch.randn(2, 5, 64, generator=g))  # fmt: skip
+    return dict(
+        latents=torch.randn(2, 16, 2, 4, 6, generator=g),
+        timestep=torch.tensor([999.0, 500.0]),
+        text=torch.randn(2, 5, 64, generator=g),
+    )
 
 
 def blocks_run(model: EasyAnimateTransformer) -> list[int]:
@@ -40,14 +53,18 @@ def blocks_run(model: EasyAnimateTransformer) -> list[int]:
     return ran
 
 
-@pytest.mark.parametrize("callable_name", ["EasyAnimateTransformer.forward", "ParallelTransformer.__call__",
-                                           "RemoteTransformer.forward"])  # fmt: skip
+@pytest.mark.parametrize(
+    "callable_name", ["EasyAnimateTransformer.forward", "ParallelTransformer.__call__", "RemoteTransformer.forward"]
+)
 def test_runtime_hooks_are_not_forward_parameters_but_one_options_object(callable_name):
     from models.parallel import ParallelTransformer
     from models.parallel_workers import RemoteTransformer
 
-    owners = {"EasyAnimateTransformer": EasyAnimateTransformer, "ParallelTransformer": ParallelTransformer,
-              "RemoteTransformer": RemoteTransformer}  # fmt: skip
+    owners = {
+        "EasyAnimateTransformer": EasyAnimateTransformer,
+        "ParallelTransformer": ParallelTransformer,
+        "RemoteTransformer": RemoteTransformer,
+    }
     owner, method = callable_name.split(".")
     parameters = inspect.signature(getattr(owners[owner], method)).parameters
     assert not RUNTIME_NAMES & set(parameters)
@@ -169,8 +186,9 @@ def test_parallel_wrapper_hands_on_a_copy_with_its_layout_and_leaves_the_callers
     from models.parallel import ParallelGroups, ParallelTransformer
 
     seen = []
-    wrapped = ParallelTransformer(lambda *args, options=None, **kwargs: seen.append(options) or args[0],
-                                  ParallelGroups(0, 1, 1, 1))  # fmt: skip
+    wrapped = ParallelTransformer(
+        lambda *args, options=None, **kwargs: seen.append(options) or args[0], ParallelGroups(0, 1, 1, 1)
+    )
     hook = lambda: None  # noqa: E731
     options = TransformerOptions(step_index=2, interrupt=hook)
     wrapped(torch.zeros(2, 16, 1, 2, 2), 1.0, torch.zeros(2, 3, 8), options=options)
@@ -200,7 +218,15 @@ def test_denoise_hands_every_call_its_step_index_teacache_and_interrupt():
         return torch.ones_like(latents)
 
     teacache, interrupt = object(), lambda: None
-    denoise(transformer, Sampler(), (torch.zeros(1, 3, 8),), torch.zeros(1, 16, 1, 2, 2), Conditioning(), 1.0,
-            teacache=teacache, interrupt=interrupt)  # fmt: skip
+    denoise(
+        transformer,
+        Sampler(),
+        (torch.zeros(1, 3, 8),),
+        torch.zeros(1, 16, 1, 2, 2),
+        Conditioning(),
+        1.0,
+        teacache=teacache,
+        interrupt=interrupt,
+    )
     assert [o.step_index for o in seen] == [0, 1, 2]
     assert all(o.teacache is teacache and o.interrupt is interrupt and o.parallel is None for o in seen)

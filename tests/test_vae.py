@@ -147,8 +147,9 @@ def hand_attention(x: torch.Tensor, params: dict[str, torch.Tensor], groups: int
     for b in range(batch):
         for t in range(frames):
             frame = x[b, :, t].reshape(channels, height * width)  # [C, H*W]
-            normed = F.group_norm(frame[None], groups, params["group_norm.weight"], params["group_norm.bias"],
-                                  1e-6)[0].T  # fmt: skip
+            normed = F.group_norm(frame[None], groups, params["group_norm.weight"], params["group_norm.bias"], 1e-6)[
+                0
+            ].T
             q = normed @ params["to_q.weight"].T + params["to_q.bias"]
             k = normed @ params["to_k.weight"].T + params["to_k.bias"]
             v = normed @ params["to_v.weight"].T + params["to_v.bias"]
@@ -186,8 +187,9 @@ def v5_oracle_pair():
     from diffusers import AutoencoderKLMagvit
 
     torch.manual_seed(0)
-    reference = AutoencoderKLMagvit(block_out_channels=list(TINY["block_out_channels"]),
-                                    norm_num_groups=TINY["norm_num_groups"]).eval()  # fmt: skip
+    reference = AutoencoderKLMagvit(
+        block_out_channels=list(TINY["block_out_channels"]), norm_num_groups=TINY["norm_num_groups"]
+    ).eval()
     perturb_(reference, 0.1, seed=1)
     ours = tiny_vae(attention=True)
     perturb_(ours, 0.3, seed=11)  # random attention weights

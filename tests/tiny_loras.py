@@ -21,8 +21,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 FORMATS = ("kohya", "peft")
-STEMS = {"kohya": ("lora_unet__", "lora_down", "lora_up"), "peft": ("transformer.", "lora_A", "lora_B"),
-         "kohya_te": ("lora_te_", "lora_down", "lora_up")}  # fmt: skip
+STEMS = {
+    "kohya": ("lora_unet__", "lora_down", "lora_up"),
+    "peft": ("transformer.", "lora_A", "lora_B"),
+    "kohya_te": ("lora_te_", "lora_down", "lora_up"),
+}
 
 
 def transformer_file(model_dir: Path) -> Path:
@@ -36,9 +39,11 @@ def bert_file(model_dir: Path) -> Path:
 def linear_shapes(model_dir: Path, file: Path | None = None) -> dict[str, tuple[int, int]]:
     """{module path in the file's naming: (out, in)} for every Linear weight (2-D) of the transformer checkpoint."""
     with safe_open(str(file or transformer_file(model_dir)), "pt") as handle:
-        return {key[: -len(".weight")]: tuple(handle.get_slice(key).get_shape())
-                for key in handle.keys()
-                if key.endswith(".weight") and len(handle.get_slice(key).get_shape()) == 2}  # fmt: skip
+        return {
+            key[: -len(".weight")]: tuple(handle.get_slice(key).get_shape())
+            for key in handle.keys()
+            if key.endswith(".weight") and len(handle.get_slice(key).get_shape()) == 2
+        }
 
 
 @dataclass
@@ -66,8 +71,15 @@ class TinyLora:
         return path
 
 
-def make_lora(model_dir: Path, file_format: str = "kohya", rank: int = 4, alpha: float | None = 2.0, seed: int = 0,
-              only=None, magnitude: float = 0.5) -> TinyLora:  # fmt: skip
+def make_lora(
+    model_dir: Path,
+    file_format: str = "kohya",
+    rank: int = 4,
+    alpha: float | None = 2.0,
+    seed: int = 0,
+    only=None,
+    magnitude: float = 0.5,
+) -> TinyLora:
     """Random LoRA on every Linear of the checkpoint (or the paths for which `only(path)` is true). file_format
     "kohya_te": on every Linear of the V5 Bert encoder's layers (what EasyAnimate's trainer wraps: `BertEncoder`)."""
     generator = torch.Generator().manual_seed(seed)

@@ -118,9 +118,15 @@ class ComfyServer:
                 link.symlink_to(target, target_is_directory=True)
         yaml_path = write_model_paths_yaml(base_dir / "extra_model_paths.yaml", model_paths)
         args = [
-            "--cpu", "--base-directory", str(base_dir), "--database-url", "sqlite:///:memory:",
-            "--extra-model-paths-config", str(yaml_path), *(extra_args or []),
-        ]  # fmt: skip
+            "--cpu",
+            "--base-directory",
+            str(base_dir),
+            "--database-url",
+            "sqlite:///:memory:",
+            "--extra-model-paths-config",
+            str(yaml_path),
+            *(extra_args or []),
+        ]
         return cls.launch(comfy_dir, base_dir, args, base_dir / "server.log", timeout)
 
     @classmethod

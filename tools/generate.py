@@ -106,20 +106,33 @@ def main(argv=None) -> int:
 
     size = (args.width, args.height, args.frames)
     request = pipeline.Request(
-        width=args.width, height=args.height, frames=args.frames, steps=args.steps, guidance_scale=args.cfg,
-        seed=args.seed, scheduler=DEFAULT_SCHEDULER[variant.version] if args.scheduler == "auto" else args.scheduler,
+        width=args.width,
+        height=args.height,
+        frames=args.frames,
+        steps=args.steps,
+        guidance_scale=args.cfg,
+        seed=args.seed,
+        scheduler=DEFAULT_SCHEDULER[variant.version] if args.scheduler == "auto" else args.scheduler,
         start_images=_images(args.start_image, args.height, args.width),
         end_images=_images(args.end_image, args.height, args.width),
         control_video=_video(args.control_video, args.height, args.width, args.frames),
         reference_image=_images([args.reference_image] if args.reference_image else [], args.height, args.width),
-    )  # fmt: skip
+    )
     transformer = model.transformer(device=device, size=size, log=print if is_main else (lambda *_: None))
     progress = (lambda done, total: print(f"step {done}/{total}", flush=True)) if is_main else None
     latents = pipeline.generate(
-        ParallelTransformer(transformer, groups), model.vae(device=device), text, request, variant=variant,
-        scheduler_config=model.scheduler_config(), device=device, dtype=model.dtype,
-        teacache_threshold=args.teacache_threshold, teacache_skip_start=args.teacache_skip_start, progress=progress,
-    )  # fmt: skip
+        ParallelTransformer(transformer, groups),
+        model.vae(device=device),
+        text,
+        request,
+        variant=variant,
+        scheduler_config=model.scheduler_config(),
+        device=device,
+        dtype=model.dtype,
+        teacache_threshold=args.teacache_threshold,
+        teacache_skip_start=args.teacache_skip_start,
+        progress=progress,
+    )
     if is_main:
         if args.save_latents:
             from safetensors.torch import save_file

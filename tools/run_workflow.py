@@ -227,8 +227,10 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         paths = [server.output_path(entry) for entry in result.files()]
         if tiny:
-            print("[run_workflow] NOTE: this ran the built-in tiny checkpoint with random weights, so the video is "
-                  "noise. Install a real model (see the workflow's note) for a real video.")  # fmt: skip
+            print(
+                "[run_workflow] NOTE: this ran the built-in tiny checkpoint with random weights, so the video is "
+                "noise. Install a real model (see the workflow's note) for a real video."
+            )
         for path in paths:
             print(f"[run_workflow] output: {path.resolve()}")
         return 0 if paths else 1

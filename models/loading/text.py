@@ -40,19 +40,34 @@ class StreamFiles:
 
 # stream -> (tokenizer folder, encoder folder, what the encoder is, required tokenizer files and their contents)
 LAYOUT = {
-    "bert": ("tokenizer", "text_encoder", "Bert text encoder (V5 encoder 1)", {
-        "vocab.txt": "the Bert WordPiece vocabulary",
-        "tokenizer_config.json": "the Bert tokenizer settings (model_max_length 77, lower-casing)",
-    }),
-    "t5": ("tokenizer_2", "text_encoder_2", "mT5 text encoder (V5 encoder 2)", {
-        "spiece.model": "the mT5 SentencePiece model",
-    }),
-    "qwen": ("tokenizer", "text_encoder", "Qwen2-VL text encoder (V5.1)", {
-        "vocab.json": "the Qwen2 byte-level BPE vocabulary",
-        "merges.txt": "the Qwen2 BPE merges",
-        "tokenizer_config.json": "the Qwen2 tokenizer settings (pad token, chat template)",
-    }),
-}  # fmt: skip
+    "bert": (
+        "tokenizer",
+        "text_encoder",
+        "Bert text encoder (V5 encoder 1)",
+        {
+            "vocab.txt": "the Bert WordPiece vocabulary",
+            "tokenizer_config.json": "the Bert tokenizer settings (model_max_length 77, lower-casing)",
+        },
+    ),
+    "t5": (
+        "tokenizer_2",
+        "text_encoder_2",
+        "mT5 text encoder (V5 encoder 2)",
+        {
+            "spiece.model": "the mT5 SentencePiece model",
+        },
+    ),
+    "qwen": (
+        "tokenizer",
+        "text_encoder",
+        "Qwen2-VL text encoder (V5.1)",
+        {
+            "vocab.json": "the Qwen2 byte-level BPE vocabulary",
+            "merges.txt": "the Qwen2 BPE merges",
+            "tokenizer_config.json": "the Qwen2 tokenizer settings (pad token, chat template)",
+        },
+    ),
+}
 STREAMS = {V5: ("bert", "t5"), V5_1: ("qwen",)}
 
 

@@ -110,11 +110,20 @@ def preprocess(
 
     weight_paths = resolve_weights(method, weights_dirs)  # fail fast, before the slow import
     maps = run_annotator(
-        method, weight_paths, rgb, torch.device(device), progress, interrupt,
-        detect_resolution=int(detect_resolution), safe=bool(safe), score_threshold=float(score_threshold),
-        distance_threshold=float(distance_threshold), include_body=bool(include_body),
-        include_hand=bool(include_hand), include_face=bool(include_face),
-    )  # fmt: skip
+        method,
+        weight_paths,
+        rgb,
+        torch.device(device),
+        progress,
+        interrupt,
+        detect_resolution=int(detect_resolution),
+        safe=bool(safe),
+        score_threshold=float(score_threshold),
+        distance_threshold=float(distance_threshold),
+        include_body=bool(include_body),
+        include_hand=bool(include_hand),
+        include_face=bool(include_face),
+    )
     if method == "depth":
         maps = normalize_depth_clip(maps, float(depth_background_threshold))
     return maps_to_frames(maps, height, width)

@@ -101,18 +101,27 @@ def _frame_function(method: str, detector, device: torch.device, **params) -> Ca
     resolution = params["detect_resolution"]
     if method in ("hed", "scribble"):
         return lambda frame: detector(
-            frame, detect_resolution=resolution, image_resolution=resolution, safe=params["safe"],
-            scribble=method == "scribble", output_type="np",
-        )  # fmt: skip
+            frame,
+            detect_resolution=resolution,
+            image_resolution=resolution,
+            safe=params["safe"],
+            scribble=method == "scribble",
+            output_type="np",
+        )
     if method == "anime_lineart":
         return lambda frame: detector(
             frame, detect_resolution=resolution, image_resolution=resolution, output_type="np"
         )
     if method == "openpose":
         return lambda frame: detector(
-            frame, detect_resolution=resolution, image_resolution=resolution, include_body=params["include_body"],
-            include_hand=params["include_hand"], include_face=params["include_face"], output_type="np",
-        )  # fmt: skip
+            frame,
+            detect_resolution=resolution,
+            image_resolution=resolution,
+            include_body=params["include_body"],
+            include_hand=params["include_hand"],
+            include_face=params["include_face"],
+            output_type="np",
+        )
     if method == "mlsd":
         return _MlsdFrames(detector.model, resolution, params["score_threshold"], params["distance_threshold"])
     if method == "depth":

@@ -50,7 +50,7 @@ from .memory import (
     MIN_TILE_LATENT,
     estimate_working_bytes,
     smallest_tile_working_bytes,
-)  # fmt: skip
+)
 from .tiling import Tile, blend_ramps, latent_frame_count, pixel_frame_count, plan_tiles, tile_spans
 
 __all__ = [

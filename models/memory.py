@@ -320,10 +320,16 @@ def check_ram(needed: int, what: str, path, hint: str, available: int | None = N
 
 
 def model_bytes_for_transformer_files(
-    source, compute_dtype: torch.dtype, storages: tuple[str, ...], fp8_mode: str, version: str, folder=None
+    source,
+    compute_dtype: torch.dtype,
+    storages: tuple[str, ...],
+    fp8_mode: str,
+    version: str,
+    folder=None,
+    text_storage: torch.dtype | None = None,
 ) -> ModelBytes:
-    """ModelBytes of a model on disk, from its safetensors headers (text encoder: the released estimate when the
-    folder is absent or a single file)."""
+    """ModelBytes of a model on disk, from its safetensors headers (text encoder: from the folder's text-encoder
+    headers in `text_storage`, fp8 or None; the released estimate when the folder or its files are absent)."""
     from .loading.headers import read_headers
     from .loading.transformer import transformer_checkpoint
     from .transformer import TransformerParams
@@ -346,15 +352,12 @@ def model_bytes_for_transformer_files(
     text = TEXT_ENCODER_PARAMS.get(version, 0) * _itemsize(compute_dtype)
     vae = 0
     if folder is not None:
-        text_files = [
-            f for d in ("text_encoder", "text_encoder_2") for f in sorted((Path(folder) / d).glob("*.safetensors"))
-        ]
-        if text_files:
-            text = sum(
-                info.numel * _itemsize(compute_dtype)
-                for key, (info, _) in read_headers(text_files).items()
-                if not key.startswith(("visual.", "lm_head."))
-            )
+        from .loading.text import TextEncoderFilesError, text_weight_bytes
+
+        try:
+            text = text_weight_bytes(folder, version, compute_dtype, text_storage)
+        except TextEncoderFilesError:  # the text-encode node names what is missing; priced as released meanwhile
+            pass
         try:
             vae = vae_weight_bytes(folder, compute_dtype)
         except Exception:  # no vae folder: the node will say so when it needs it

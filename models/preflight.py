@@ -179,7 +179,7 @@ def model_bytes(model, storages: tuple[str, ...]):
 
     folder = model.companion if model.detection.layout == "single_file" else model.path
     weights = model_bytes_for_transformer_files(
-        model.path, model.dtype, storages, model.fp8_mode, model.version, folder
+        model.path, model.dtype, storages, model.fp8_mode, model.version, folder, model.text_storage_dtype
     )
     return add_lora_bytes(weights, model)  # an attached LoRA stack's tensors (docs/lora.md, cost)
 

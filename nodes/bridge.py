@@ -270,7 +270,11 @@ def comfy_patcher(holder, name: str, module, size: int, device):
 
 def load_on_device(patcher, extra_bytes: int = 0, full: bool = True, log=print) -> None:
     """Ask ComfyUI to make room (evicting other models) and register our module as loaded on its device. With `full`,
-    a partial ("lowvram") load is refused where ComfyUI supports force_full_load, and reported where it happens."""
+    a partial ("lowvram") load is refused where ComfyUI supports force_full_load, and reported where it happens.
+
+    A partial load does not move our weights: ComfyUI only moves the layers it counts as loaded, and the rest of a
+    plain module stays where it is, on the device already in gpu mode (its offload device is the device too). What
+    goes wrong is ComfyUI's accounting, which then under-counts the VRAM in use (docs/compatibility.md, model management)."""
     mm = _mm()
     if mm is None or patcher is None:
         return
@@ -282,9 +286,11 @@ def load_on_device(patcher, extra_bytes: int = 0, full: bool = True, log=print) 
     mm.load_models_gpu([patcher], **options)
     if full and patcher.loaded_size() < patcher.model_size():
         log(
-            f"EasyAnimate: ComfyUI loaded only {patcher.loaded_size() / 2**30:.1f} of "
-            f"{patcher.model_size() / 2**30:.1f} GB of the model onto {patcher.load_device}; the rest runs from RAM "
-            "(slow). Choose memory_mode model_cpu_offload or sequential for this size."
+            f"EasyAnimate: ComfyUI counted only {patcher.loaded_size() / 2**30:.1f} of "
+            f"{patcher.model_size() / 2**30:.1f} GB of the model as loaded on {patcher.load_device} (it judged VRAM "
+            "too tight beside the models it holds). The weights are all on the device anyway, but ComfyUI now "
+            "under-counts the VRAM in use and may load other models into memory that is not free. If VRAM runs "
+            "out, unload other models or choose memory_mode model_cpu_offload or sequential."
         )
 
 

@@ -205,3 +205,21 @@ def test_the_vae_has_no_fp8_case_a_storage_dtype_it_cannot_compute_in_needs_a_co
         expected, got = reference.decode(latents), fp8.decode(latents)
     assert got.dtype == torch.float32 and got.shape == expected.shape
     assert 0 < (got - expected).norm() <= 0.1 * expected.norm()  # measured 0.051 (e4m3 weights)
+
+
+@pytest.mark.parametrize("storage", [None, torch.float8_e4m3fn], ids=["compute dtype", "fp8"])
+@pytest.mark.parametrize("name", [V5, V51])
+def test_text_encoder_bytes_priced_from_the_headers_are_what_the_loaded_encoders_hold(tiny_root, name, storage):
+    """The memory plan prices the text encoders from their headers (models/loading/text.py text_weight_bytes): every
+    tensor the loaders read, the fp8 Linear weights at one byte. The loaded models' weights are exactly that."""
+    from models.loading.text import text_weight_bytes
+
+    encoder = load_text_encoder(tiny_root / name, dtype=torch.float32, storage_dtype=storage)
+    held = sum(
+        t.numel() * t.element_size()
+        for model in encoder.models.values()
+        for t in {p.data_ptr(): p for p in model.parameters()}.values()  # T5's tied embedding once
+    )
+    if storage is not None:
+        assert any(t.dtype == storage for model in encoder.models.values() for t in model.state_dict().values())
+    assert text_weight_bytes(tiny_root / name, encoder.version, torch.float32, storage) == held

@@ -163,3 +163,14 @@ def test_hold_on_device_releases_before_registering(pack):
     holder = types.SimpleNamespace(release=released.append)
     pack.nodes.bridge.hold_on_device(holder, "transformer", Residency(None, 0, False, 0, ("text_encoder",)), "cpu")
     assert released == ["text_encoder"]  # outside ComfyUI no patcher is made; the release still happens
+
+
+def test_the_plan_prices_fp8_text_encoder_storage_from_the_folders_headers(tiny_root):
+    from models.loading.text import text_weight_bytes
+    from models.preflight import model_bytes
+
+    path = tiny_root / "tiny-EasyAnimateV5.1-12b-zh"
+    plain = model_bytes(open_model(path, "fp32"), ("fp32",))
+    fp8 = model_bytes(open_model(path, "fp32", text_encoder_storage="fp8_e4m3fn"), ("fp32",))
+    assert plain.text_encoder == text_weight_bytes(path, "v5.1", torch.float32)
+    assert fp8.text_encoder == text_weight_bytes(path, "v5.1", torch.float32, torch.float8_e4m3fn) < plain.text_encoder

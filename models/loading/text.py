@@ -293,6 +293,52 @@ def _load_qwen(files: StreamFiles, dtype, storage_dtype, device) -> nn.Module:
     return _stream_in(model, files, _qwen_checkpoint_to_text_model, dtype, storage_dtype, fp8_layers, device)
 
 
+# The Linear layers an fp8 text storage holds in fp8, by checkpoint name (the modules `_fp8_linears` picks in the
+# built models: T5's attention and feed-forward inputs, `wo` excepted; every Linear of Qwen2-VL's text layers).
+# tests/test_loading.py checks the two agree on the tiny checkpoints.
+_FP8_LINEARS = {
+    "t5": ("encoder.", {"q", "k", "v", "o", "wi", "wi_0", "wi_1"}),
+    "qwen": ("layers.", {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}),
+}
+
+
+def _qwen_unread(files: StreamFiles) -> tuple[str, ...]:
+    """Text-model keys of the released Qwen2-VL files that `_load_qwen` does not build: the last layer and the final
+    norm (EasyAnimate reads hidden_states[-2])."""
+    config = json.loads((files.encoder_dir / "config.json").read_text())
+    layers = config.get("text_config", {}).get("num_hidden_layers", config.get("num_hidden_layers"))
+    return (f"layers.{layers - 1}.", "norm.")
+
+
+def text_weight_bytes(
+    model_dir: str | Path, version: str, dtype: torch.dtype, storage_dtype: torch.dtype | None = None
+) -> int:
+    """Bytes of the weights the text encoders hold once loaded, from the safetensors headers alone: every tensor the
+    loaders read, in `dtype`, and with an fp8 `storage_dtype` the fp8 Linear weights at one byte each (docs/memory.md,
+    text encoders). Buffers that are not in the files (position ids, RoPE frequencies: kilobytes) are not counted.
+    Raises TextEncoderFilesError like the loader when files are missing."""
+    from .headers import read_headers
+
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    total = 0
+    for files in text_encoder_files(model_dir, version):
+        rename, unread = (lambda key: key), ("pooler.", "decoder.", "lm_head.")  # Bert's pooler is not built
+        if files.stream == "qwen":
+            rename, unread = _qwen_checkpoint_to_text_model, _qwen_unread(files)
+        prefix, fp8_names = _FP8_LINEARS.get(files.stream, ("", set()))
+        headers = read_headers(list(files.weight_files))
+        names = {rename(key): info for key, (info, _) in headers.items()}
+        if "shared.weight" in names:  # T5's embedding, tied: one tensor under two names
+            names.pop("encoder.embed_tokens.weight", None)
+        for name, info in names.items():
+            if name is None or name.startswith(unread):
+                continue
+            module, _, leaf = name.rpartition(".")
+            fp8 = storage_dtype is not None and leaf == "weight" and module.startswith(prefix)
+            total += info.numel * (1 if fp8 and module.rpartition(".")[2] in fp8_names else itemsize)
+    return total
+
+
 _BUILDERS = {"bert": _load_bert, "t5": _load_t5, "qwen": _load_qwen}
 
 

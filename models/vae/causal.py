@@ -18,6 +18,17 @@ from .tiling import latent_frame_count, pixel_frame_count, plan_tiles
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def frame_chunks(frames: int, chunk_frames, default: int, multiple: int) -> list[tuple[int, int]]:
+    """[(t0, t1)] the causal VAE runs over: the first frame alone, then `chunk_frames` (default `default`, a positive
+    multiple of `multiple`) at a time; "whole": one pass over all frames."""
+    if chunk_frames == "whole":
+        return [(0, frames)]
+    step = chunk_frames or default
+    if step < 1 or step % multiple:
+        raise ValueError(f"chunk_frames must be a positive multiple of {multiple}, got {step}")
+    return [(0, 1)] + [(t, min(t + step, frames)) for t in range(1, frames, step)]
+
+
 class VAE(nn.Module):
     """EasyAnimate causal 3D VAE. `encode` maps [B, 3, T, H, W] video in [-1, 1] to scaled latents
     [B, 16, T_lat, H/8, W/8] (posterior mode x scaling_factor); `decode` maps them back to [B, 3, T, H, W] in [0, 1].
@@ -47,20 +58,21 @@ class VAE(nn.Module):
 
     def _choose_tile(
         self,
-        tile_size: int | None,
-        tile_overlap: int | None,
-        memory_budget: int | None,
-        height: int,
-        width: int,
-        batch: int,
+        tile_size,
+        tile_overlap,
+        memory_budget,
+        pixels: tuple[int, int, int],
         element_size: int,
         direction: str,
-        chunk_frames: int | None,
+        chunk_frames,
     ) -> tuple[int | None, int]:
-        """(tile edge, overlap) in latent pixels; tile None = no tiling."""
+        """(tile edge, overlap) in latent pixels for a [batch, height, width] pixel extent; tile None = no tiling.
+        chunk_frames as encode/decode take it ("whole" or None = the config's default chunks)."""
         ratio = self.config.spatial_ratio
         if tile_size is None and memory_budget is not None:
-            tile_size = self.auto_tile_size(height, width, memory_budget, batch, element_size, direction, chunk_frames)
+            batch, height, width = pixels
+            chunk = None if chunk_frames == "whole" else chunk_frames
+            tile_size = self.auto_tile_size(height, width, memory_budget, batch, element_size, direction, chunk)
         if tile_size is None:
             return None, 0
         tile_latent = tile_size // ratio
@@ -142,24 +154,10 @@ class VAE(nn.Module):
                 f"encode needs height and width divisible by {ratio}; got {height}x{width}. Resize "
                 f"or crop to e.g. {height // ratio * ratio}x{width // ratio * ratio}."
             )
-        if chunk_frames == "whole":
-            chunks = [(0, frames)]
-        else:
-            step = chunk_frames or config.mini_batch_encoder
-            if step < 1 or step % config.temporal_ratio:
-                raise ValueError(f"chunk_frames must be a positive multiple of {config.temporal_ratio}, got {step}")
-            chunks = [(0, 1)] + [(t, min(t + step, frames)) for t in range(1, frames, step)]
+        chunks = frame_chunks(frames, chunk_frames, config.mini_batch_encoder, config.temporal_ratio)
         compute_device, dtype = self._compute_placement(device)
         tile_latent, overlap_latent = self._choose_tile(
-            tile_size,
-            tile_overlap,
-            memory_budget,
-            height,
-            width,
-            batch,
-            dtype.itemsize,
-            "encode",
-            None if chunk_frames == "whole" else chunk_frames,
+            tile_size, tile_overlap, memory_budget, (batch, height, width), dtype.itemsize, "encode", chunk_frames
         )
         tiles = plan_tiles(height // ratio, width // ratio, tile_latent, overlap_latent, out_scale=1)
 
@@ -234,27 +232,13 @@ class VAE(nn.Module):
             )
         if latent_frames < 1:
             raise VAEInputError("decode got latents with 0 frames; at least 1 latent frame is needed")
-        if chunk_frames == "whole":
-            chunks = [(0, latent_frames)]
-        else:
-            step = chunk_frames or config.mini_batch_decoder
-            if step < 1:
-                raise ValueError(f"chunk_frames must be >= 1, got {step}")
-            chunks = [(0, 1)] + [(t, min(t + step, latent_frames)) for t in range(1, latent_frames, step)]
+        chunks = frame_chunks(latent_frames, chunk_frames, config.mini_batch_decoder, 1)
         ratio = config.spatial_ratio
         frames = pixel_frame_count(latent_frames, config.temporal_ratio)
         height, width = latent_height * ratio, latent_width * ratio
         compute_device, dtype = self._compute_placement(device)
         tile_latent, overlap_latent = self._choose_tile(
-            tile_size,
-            tile_overlap,
-            memory_budget,
-            height,
-            width,
-            batch,
-            dtype.itemsize,
-            "decode",
-            None if chunk_frames == "whole" else chunk_frames,
+            tile_size, tile_overlap, memory_budget, (batch, height, width), dtype.itemsize, "decode", chunk_frames
         )
         tiles = plan_tiles(latent_height, latent_width, tile_latent, overlap_latent, out_scale=ratio)
 

@@ -1,5 +1,5 @@
 """Peak RSS of loading a ≥1 B-parameter synthetic checkpoint into fp8: our streaming load vs a naive
-"load everything in bf16, then cast" load. Each load runs in a fresh subprocess; peak = ru_maxrss - RSS before the load.
+"load everything in bf16, then cast" load. Each load runs in a fresh subprocess; peak = VmHWM - RSS before the load.
 
     .venv/bin/python benchmarks/memory.py [--params-billions 1.07] [--dir /tmp]
 
@@ -52,7 +52,6 @@ def write_checkpoint(path: Path, blocks: int) -> None:
 
 
 def _child(folder: str, blocks: int, how: str) -> None:
-    import resource
 
     import torch
 
@@ -80,7 +79,7 @@ def _child(folder: str, blocks: int, how: str) -> None:
         model.load_state_dict(state)
         del state
         model = model.to(torch.float8_e4m3fn)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    peak = _peak_rss() - before
     print(json.dumps({"peak": peak, "weights": allocated_bytes(model)}))
 
 
@@ -90,9 +89,10 @@ def _rss() -> int:
 
 
 def _peak_rss() -> int:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """VmHWM: this process's own peak. ru_maxrss is not: Linux keeps the parent's resident size from the fork across
+    the exec, so a parent holding 2 GB (the checkpoint it just wrote) made a 400 MB child read as 570 MB."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
 
 def _pin_child(megabytes: int) -> None:

@@ -284,24 +284,3 @@ def comm_bytes_per_call(
     if cfg_parallel:
         total += batch * video_tokens * out_channels
     return total * element_bytes
-
-
-def flops_per_call(
-    text_tokens: int,
-    video_tokens: int,
-    heads: int,
-    head_dim: int,
-    layers: int,
-    sp: int,
-    cfg_parallel: bool = False,
-    cfg_batch: int = 2,
-) -> float:
-    """Multiply-add x 2 of one rank's transformer call: projections and feed-forward (24·d² per token: q,k,v,out
-    4·d², FF 2·4·d²) on its video shard plus the replicated text, and attention 4·(T+N)·(T+N)·D per head on its
-    heads (Ulysses) or its queries (fallback) — both a 1/sp share of the (T+N)² term."""
-    batch = cfg_batch // 2 if cfg_parallel else cfg_batch
-    width = heads * head_dim
-    tokens = text_tokens + -(-video_tokens // sp)
-    linear = 24 * width * width * tokens
-    attention = 4 * (text_tokens + video_tokens) ** 2 * width / sp
-    return float(batch * layers * (linear + attention))

@@ -9,25 +9,19 @@ from ..models.defaults import (
     DEFAULT_FPS,
     DEFAULT_FRAMES,
     DEFAULT_GUIDANCE,
-    DEFAULT_HEIGHT,
     DEFAULT_SCHEDULER,
     DEFAULT_SEED,
     DEFAULT_STEPS,
     DEFAULT_TEACACHE_THRESHOLD,
-    DEFAULT_WIDTH,
-    FRAME_STEP,
     MAX_FRAMES,
     MAX_GUIDANCE,
-    MAX_SIDE,
     MAX_STEPS,
-    MIN_FRAMES,
-    MIN_SIDE,
     SCHEDULER_CHOICES,
     SEED_MAX,
-    SIDE_MULTIPLE,
     VERSIONS,
 )
 from .bridge import Progress, check_interrupt, free_memory, free_vram, hold_on_device, is_out_of_memory, torch_device
+from .widgets import size_inputs
 
 SCHEDULERS = list(SCHEDULER_CHOICES)
 AUTO_TOOLTIP = "auto: " + ", ".join(f"{DEFAULT_SCHEDULER[v]} for {v.upper()}" for v in reversed(VERSIONS))
@@ -67,18 +61,7 @@ class EasyAnimateVideoSampler:
             "required": {
                 "model": ("EASYANIMATE_MODEL",),
                 "embeddings": ("EASYANIMATE_EMBEDS",),
-                "width": ("INT", {"default": DEFAULT_WIDTH, "min": MIN_SIDE, "max": MAX_SIDE, "step": SIDE_MULTIPLE}),
-                "height": ("INT", {"default": DEFAULT_HEIGHT, "min": MIN_SIDE, "max": MAX_SIDE, "step": SIDE_MULTIPLE}),
-                "frames": (
-                    "INT",
-                    {
-                        "default": DEFAULT_FRAMES,
-                        "min": MIN_FRAMES,
-                        "max": MAX_FRAMES,
-                        "step": FRAME_STEP,
-                        "tooltip": f"1 or 4k+1 up to {MAX_FRAMES}; {DEFAULT_FRAMES} trained",
-                    },
-                ),
+                **size_inputs(f"1 or 4k+1 up to {MAX_FRAMES}; {DEFAULT_FRAMES} trained"),
                 "steps": ("INT", {"default": DEFAULT_STEPS, "min": 1, "max": MAX_STEPS}),
                 "cfg": (
                     "FLOAT",

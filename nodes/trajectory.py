@@ -2,17 +2,7 @@
 
 from __future__ import annotations
 
-from ..models.defaults import (
-    DEFAULT_FRAMES,
-    DEFAULT_HEIGHT,
-    DEFAULT_WIDTH,
-    FRAME_STEP,
-    MAX_FRAMES,
-    MAX_SIDE,
-    MIN_FRAMES,
-    MIN_SIDE,
-    SIDE_MULTIPLE,
-)
+from .widgets import size_inputs
 
 _EXAMPLE = '[{"x": 120, "y": 200}, {"x": 200, "y": 180}, {"x": 300, "y": 150}]'
 
@@ -41,18 +31,7 @@ class EasyAnimateTrajectory:
                         "tooltip": "Pixel coordinates in the output frame (x right, y down).",
                     },
                 ),
-                "width": ("INT", {"default": DEFAULT_WIDTH, "min": MIN_SIDE, "max": MAX_SIDE, "step": SIDE_MULTIPLE}),
-                "height": ("INT", {"default": DEFAULT_HEIGHT, "min": MIN_SIDE, "max": MAX_SIDE, "step": SIDE_MULTIPLE}),
-                "frames": (
-                    "INT",
-                    {
-                        "default": DEFAULT_FRAMES,
-                        "min": MIN_FRAMES,
-                        "max": MAX_FRAMES,
-                        "step": FRAME_STEP,
-                        "tooltip": "The sampler's frame count.",
-                    },
-                ),
+                **size_inputs("The sampler's frame count."),
             }
         }
 

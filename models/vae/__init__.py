@@ -28,7 +28,7 @@ from .blocks import (
     causal_conv,
     frame_group_norm,
 )
-from .causal import VAE
+from .causal import VAE, VAEPass
 from .config import (
     CONFIG_NAME,
     NORM_EPS,
@@ -80,6 +80,7 @@ __all__ = [
     "VAEConfig",
     "VAEConfigError",
     "VAEInputError",
+    "VAEPass",
     "_attention_in_keys",
     "_config_from_shapes",
     "_find_vae_folder",

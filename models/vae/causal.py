@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -16,6 +17,41 @@ from .tiling import latent_frame_count, pixel_frame_count, plan_tiles
 # --------------------------------------------------------------------------------------------------------------------
 # The VAE
 # --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VAEPass:
+    """How one encode or decode pass is cut and where it runs; `encode` and `decode` take these as keywords.
+
+    tile_size / tile_overlap: spatial tiles in (output) pixels, overlap default tile/4, blended linearly; None: no
+    tiling, unless memory_budget (bytes of working memory) picks a tile size. chunk_frames: frames per chunk after the
+    first (encode: pixel frames, a multiple of 4, default config mini_batch_encoder = 4; decode: latent frames, default
+    config mini_batch_decoder = 1), or "whole" for one pass over the clip. device: where to compute (default: the
+    weights'). out_dtype: the result's dtype (it stays on the input's device). `interrupt()` runs before and
+    `progress(done, total)` after every chunk of every tile."""
+
+    tile_size: int | None = None
+    tile_overlap: int | None = None
+    memory_budget: int | None = None
+    chunk_frames: int | Literal["whole"] | None = None
+    device: torch.device | str | None = None
+    out_dtype: torch.dtype = torch.float32
+    progress: Progress | None = None
+    interrupt: Interrupt | None = None
+
+
+def _checked_shape(tensor: torch.Tensor, call: str, noun: str, channels: int, kind: str) -> torch.Size:
+    """The [B, C, T, H, W] shape of an encode / decode input, or a VAEInputError saying what was expected."""
+    if tensor.ndim != 5:
+        raise VAEInputError(
+            f"{call} expects {noun} [batch, channels, frames, height, width]; got shape {tuple(tensor.shape)}"
+        )
+    if tensor.shape[1] != channels:
+        raise VAEInputError(
+            f"{call} expects {channels} {kind} channels in dim 1 of [B, C, T, H, W]; got {tensor.shape[1]} "
+            f"(shape {tuple(tensor.shape)})"
+        )
+    return tensor.shape
 
 
 def frame_chunks(frames: int, chunk_frames, default: int, multiple: int) -> list[tuple[int, int]]:
@@ -57,22 +93,15 @@ class VAE(nn.Module):
         return torch.device(device) if device is not None else weight.device, dtype
 
     def _choose_tile(
-        self,
-        tile_size,
-        tile_overlap,
-        memory_budget,
-        pixels: tuple[int, int, int],
-        element_size: int,
-        direction: str,
-        chunk_frames,
+        self, run: VAEPass, pixels: tuple[int, int, int], element_size: int, direction: str
     ) -> tuple[int | None, int]:
-        """(tile edge, overlap) in latent pixels for a [batch, height, width] pixel extent; tile None = no tiling.
-        chunk_frames as encode/decode take it ("whole" or None = the config's default chunks)."""
+        """(tile edge, overlap) in latent pixels for a [batch, height, width] pixel extent; tile None = no tiling."""
         ratio = self.config.spatial_ratio
-        if tile_size is None and memory_budget is not None:
+        tile_size, tile_overlap = run.tile_size, run.tile_overlap
+        if tile_size is None and run.memory_budget is not None:
             batch, height, width = pixels
-            chunk = None if chunk_frames == "whole" else chunk_frames
-            tile_size = self.auto_tile_size(height, width, memory_budget, batch, element_size, direction, chunk)
+            chunk = None if run.chunk_frames == "whole" else run.chunk_frames
+            tile_size = self.auto_tile_size(height, width, run.memory_budget, batch, element_size, direction, chunk)
         if tile_size is None:
             return None, 0
         tile_latent = tile_size // ratio
@@ -113,40 +142,12 @@ class VAE(nn.Module):
     # -- encode ----------------------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def encode(
-        self,
-        video: torch.Tensor,
-        *,
-        tile_size: int | None = None,
-        tile_overlap: int | None = None,
-        memory_budget: int | None = None,
-        chunk_frames: int | Literal["whole"] | None = None,
-        device: torch.device | str | None = None,
-        out_dtype: torch.dtype = torch.float32,
-        progress: Progress | None = None,
-        interrupt: Interrupt | None = None,
-    ) -> torch.Tensor:
+    def encode(self, video: torch.Tensor, **options) -> torch.Tensor:
         """Video [B, 3, T, H, W] in [-1, 1] (T = 1 or 4k+1, H and W multiples of 8) -> latents
         [B, 16, 1+k, H/8, W/8] = posterior mode x scaling_factor (docs/faithfulness.md, VAE), in `out_dtype` on the
-        video's device.
-
-        tile_size / tile_overlap: spatial tiles in pixels (overlap default tile/4), blended linearly in latent space;
-        memory_budget: bytes of working memory to pick a tile size automatically (ignored when tile_size is given);
-        chunk_frames: pixel frames per chunk after the first frame (default config mini_batch_encoder = 4; a
-        multiple of 4), or "whole" for a single pass over the clip; device: where to compute (default: the weights').
-        `interrupt()` runs before and `progress(done, total)` after every chunk of every tile."""
-        config = self.config
-        if video.ndim != 5:
-            raise VAEInputError(
-                f"encode expects a video tensor [batch, channels, frames, height, width]; got shape "
-                f"{tuple(video.shape)}"
-            )
-        batch, channels, frames, height, width = video.shape
-        if channels != config.in_channels:
-            raise VAEInputError(
-                f"encode expects {config.in_channels} (RGB) channels in dim 1 of [B, C, T, H, W]; "
-                f"got {channels} (shape {tuple(video.shape)})"
-            )
+        video's device. `options`: the fields of VAEPass (tiles blend in latent space here)."""
+        run, config = VAEPass(**options), self.config
+        batch, _, frames, height, width = _checked_shape(video, "encode", "a video tensor", config.in_channels, "(RGB)")
         latent_frames = latent_frame_count(frames, config.temporal_ratio)
         ratio = config.spatial_ratio
         if height % ratio or width % ratio:
@@ -154,11 +155,9 @@ class VAE(nn.Module):
                 f"encode needs height and width divisible by {ratio}; got {height}x{width}. Resize "
                 f"or crop to e.g. {height // ratio * ratio}x{width // ratio * ratio}."
             )
-        chunks = frame_chunks(frames, chunk_frames, config.mini_batch_encoder, config.temporal_ratio)
-        compute_device, dtype = self._compute_placement(device)
-        tile_latent, overlap_latent = self._choose_tile(
-            tile_size, tile_overlap, memory_budget, (batch, height, width), dtype.itemsize, "encode", chunk_frames
-        )
+        chunks = frame_chunks(frames, run.chunk_frames, config.mini_batch_encoder, config.temporal_ratio)
+        compute_device, dtype = self._compute_placement(run.device)
+        tile_latent, overlap_latent = self._choose_tile(run, (batch, height, width), dtype.itemsize, "encode")
         tiles = plan_tiles(height // ratio, width // ratio, tile_latent, overlap_latent, out_scale=1)
 
         out = torch.zeros(
@@ -167,7 +166,7 @@ class VAE(nn.Module):
             latent_frames,
             height // ratio,
             width // ratio,
-            dtype=out_dtype,
+            dtype=run.out_dtype,
             device=video.device,
         )
         total, done = len(tiles) * len(chunks), 0
@@ -175,86 +174,60 @@ class VAE(nn.Module):
             state = CausalState()
             latent_t = 0
             for t0, t1 in chunks:
-                if interrupt is not None:
-                    interrupt()
+                if run.interrupt is not None:
+                    run.interrupt()
                 x = video[:, :, t0:t1, tile.y0 * ratio : tile.y1 * ratio, tile.x0 * ratio : tile.x1 * ratio]
                 x = x.to(device=compute_device, dtype=dtype)
                 mean = self.quant_conv(self.encoder(x, state))[:, : config.latent_channels]  # posterior mode
                 target = out[:, :, latent_t : latent_t + mean.shape[2], tile.y0 : tile.y1, tile.x0 : tile.x1]
-                mean = mean.to(device=out.device, dtype=out_dtype)
+                mean = mean.to(device=out.device, dtype=run.out_dtype)
                 if tile.weight is None:
                     target.copy_(mean)
                 else:
-                    target.addcmul_(mean, tile.weight.to(device=out.device, dtype=out_dtype))
+                    target.addcmul_(mean, tile.weight.to(device=out.device, dtype=run.out_dtype))
                 latent_t += mean.shape[2]
                 del x, mean
                 done += 1
-                if progress is not None:
-                    progress(done, total)
+                if run.progress is not None:
+                    run.progress(done, total)
         return out.mul_(config.scaling_factor)
 
     # -- decode ----------------------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def decode(
-        self,
-        latents: torch.Tensor,
-        *,
-        tile_size: int | None = None,
-        tile_overlap: int | None = None,
-        memory_budget: int | None = None,
-        chunk_frames: int | Literal["whole"] | None = None,
-        device: torch.device | str | None = None,
-        out_dtype: torch.dtype = torch.float32,
-        postprocess: bool = True,
-        progress: Progress | None = None,
-        interrupt: Interrupt | None = None,
-    ) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, *, postprocess: bool = True, **options) -> torch.Tensor:
         """Latents [B, 16, 1+k, h, w] (scaled, as `encode` returns) -> video [B, 3, 4k+1, 8h, 8w] in [0, 1], i.e.
         `(decoder(latents / scaling_factor).clamp(-1, 1) + 1) / 2` (docs/faithfulness.md, VAE), in `out_dtype` on the
         latents' device. postprocess=False returns the raw decoder output instead (about [-1, 1], unclamped).
-
-        tile_size / tile_overlap: spatial tiles in output pixels (overlap default tile/4), blended linearly in pixel
-        space; memory_budget: bytes of working memory to pick a tile size automatically; chunk_frames: latent frames
-        per chunk after the first (default config mini_batch_decoder = 1) or "whole"; device: where to compute.
-        Decoded frames are written straight into one preallocated output, so working memory does not grow with T.
-        `interrupt()` runs before and `progress(done, total)` after every chunk of every tile."""
-        config = self.config
-        if latents.ndim != 5:
-            raise VAEInputError(
-                f"decode expects latents [batch, channels, frames, height, width]; got shape {tuple(latents.shape)}"
-            )
-        batch, channels, latent_frames, latent_height, latent_width = latents.shape
-        if channels != config.latent_channels:
-            raise VAEInputError(
-                f"decode expects {config.latent_channels} latent channels in dim 1 of "
-                f"[B, C, T, H, W]; got {channels} (shape {tuple(latents.shape)})"
-            )
+        `options`: the fields of VAEPass (tiles blend in pixel space here). Decoded frames are written straight into
+        one preallocated output, so working memory does not grow with T."""
+        run, config = VAEPass(**options), self.config
+        batch, _, latent_frames, latent_height, latent_width = _checked_shape(
+            latents, "decode", "latents", config.latent_channels, "latent"
+        )
         if latent_frames < 1:
             raise VAEInputError("decode got latents with 0 frames; at least 1 latent frame is needed")
-        chunks = frame_chunks(latent_frames, chunk_frames, config.mini_batch_decoder, 1)
+        chunks = frame_chunks(latent_frames, run.chunk_frames, config.mini_batch_decoder, 1)
         ratio = config.spatial_ratio
         frames = pixel_frame_count(latent_frames, config.temporal_ratio)
         height, width = latent_height * ratio, latent_width * ratio
-        compute_device, dtype = self._compute_placement(device)
-        tile_latent, overlap_latent = self._choose_tile(
-            tile_size, tile_overlap, memory_budget, (batch, height, width), dtype.itemsize, "decode", chunk_frames
-        )
+        compute_device, dtype = self._compute_placement(run.device)
+        tile_latent, overlap_latent = self._choose_tile(run, (batch, height, width), dtype.itemsize, "decode")
         tiles = plan_tiles(latent_height, latent_width, tile_latent, overlap_latent, out_scale=ratio)
 
         out = torch.empty if len(tiles) == 1 else torch.zeros
-        video = out(batch, config.out_channels, frames, height, width, dtype=out_dtype, device=latents.device)
+        video = out(batch, config.out_channels, frames, height, width, dtype=run.out_dtype, device=latents.device)
         total, done = len(tiles) * len(chunks), 0
         for tile in tiles:
             state = CausalState()
-            weight = None if tile.weight is None else tile.weight.to(device=video.device, dtype=out_dtype)
+            weight = None if tile.weight is None else tile.weight.to(device=video.device, dtype=run.out_dtype)
             pixel_t = 0
             for t0, t1 in chunks:
-                if interrupt is not None:
-                    interrupt()
+                if run.interrupt is not None:
+                    run.interrupt()
                 z = latents[:, :, t0:t1, tile.y0 : tile.y1, tile.x0 : tile.x1]
                 z = z.to(device=compute_device, dtype=dtype) / config.scaling_factor
-                decoded = self.decoder(self.post_quant_conv(z), state).to(device=video.device, dtype=out_dtype)
+                decoded = self.decoder(self.post_quant_conv(z), state).to(device=video.device, dtype=run.out_dtype)
                 target = video[
                     :,
                     :,
@@ -269,8 +242,8 @@ class VAE(nn.Module):
                 pixel_t += decoded.shape[2]
                 del z, decoded
                 done += 1
-                if progress is not None:
-                    progress(done, total)
+                if run.progress is not None:
+                    run.progress(done, total)
         if postprocess:
             video.clamp_(-1.0, 1.0).add_(1.0).mul_(0.5)
         return video

@@ -4,6 +4,7 @@ import pytest
 from comfyui_server import PromptRejected, import_failures
 from conftest import BROKEN_PACK_NAME, PACK_FOLDER_NAME
 from PIL import Image
+from test_comfyui_video import CONTROL_DEFAULTS
 
 
 def test_server_reports_cpu_device_and_pinned_version(comfy_server):
@@ -88,20 +89,7 @@ def test_control_preprocessor_canny_runs_in_comfyui_and_keeps_the_frame_size(com
         "2": {"class_type": "RepeatImageBatch", "inputs": {"image": ["1", 0], "amount": 3}},
         "3": {
             "class_type": "EasyAnimateControlPreprocessor",
-            "inputs": {
-                "images": ["2", 0],
-                "method": "canny",
-                "detect_resolution": 512,
-                "canny_low_threshold": 100,
-                "canny_high_threshold": 200,
-                "depth_background_threshold": 0.1,
-                "pose_body": True,
-                "pose_hands": False,
-                "pose_face": False,
-                "mlsd_score_threshold": 0.1,
-                "mlsd_distance_threshold": 0.1,
-                "hed_safe": False,
-            },
+            "inputs": {"images": ["2", 0], **CONTROL_DEFAULTS},
         },
         "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "control"}},
     }

@@ -6,6 +6,20 @@ from comfyui_server import PromptRejected
 from PIL import Image
 
 WIDTH, HEIGHT, FRAMES = 96, 64, 5
+# The control preprocessor's widgets at their defaults (canny), as a saved workflow holds them.
+CONTROL_DEFAULTS = {
+    "method": "canny",
+    "detect_resolution": 512,
+    "canny_low_threshold": 100,
+    "canny_high_threshold": 200,
+    "depth_background_threshold": 0.1,
+    "pose_body": True,
+    "pose_hands": False,
+    "pose_face": False,
+    "mlsd_score_threshold": 0.1,
+    "mlsd_distance_threshold": 0.1,
+    "hed_safe": False,
+}
 
 
 def graph(
@@ -112,20 +126,7 @@ def test_image_to_video_with_an_inp_model(comfy_server, tmp_path):
 def test_control_to_video_from_a_preprocessed_source_video(comfy_server, tmp_path):
     source = upload_picture(comfy_server, tmp_path, "source.png", 2)
     reference = upload_picture(comfy_server, tmp_path, "reference.png", 3)
-    control_inputs = {
-        "images": ["8", 0],
-        "method": "canny",
-        "detect_resolution": 512,
-        "canny_low_threshold": 100,
-        "canny_high_threshold": 200,
-        "depth_background_threshold": 0.1,
-        "pose_body": True,
-        "pose_hands": False,
-        "pose_face": False,
-        "mlsd_score_threshold": 0.1,
-        "mlsd_distance_threshold": 0.1,
-        "hed_safe": False,
-    }
+    control_inputs = {"images": ["8", 0], **CONTROL_DEFAULTS}
     prompt = graph(
         "tiny-EasyAnimateV5.1-12b-zh-Control",
         prefix="control",
@@ -190,20 +191,7 @@ def test_a_single_transformer_file_from_diffusion_models_runs_with_a_companion_f
 
 def test_a_control_clip_of_7_frames_gives_a_5_frame_video_and_the_sampler_says_so(comfy_server, tmp_path):
     source = upload_picture(comfy_server, tmp_path, "clip7.png", 5)
-    control_inputs = {
-        "images": ["8", 0],
-        "method": "canny",
-        "detect_resolution": 512,
-        "canny_low_threshold": 100,
-        "canny_high_threshold": 200,
-        "depth_background_threshold": 0.1,
-        "pose_body": True,
-        "pose_hands": False,
-        "pose_face": False,
-        "mlsd_score_threshold": 0.1,
-        "mlsd_distance_threshold": 0.1,
-        "hed_safe": False,
-    }
+    control_inputs = {"images": ["8", 0], **CONTROL_DEFAULTS}
     prompt = graph(
         "tiny-EasyAnimateV5.1-12b-zh-Control",
         prefix="clip7",

@@ -129,11 +129,16 @@ class LoraLinear:
 
 def lora_class(linear_class: type) -> type:
     """The LoRA-aware subclass of an injected Linear class: one per class, built on first use and kept on the class
-    itself (so it lives exactly as long as the class, with no table of classes in this module)."""
+    itself (so it lives exactly as long as the class, with no table of classes in this module). Keyed by this module's
+    mixin: where the package is imported twice (the tests import it under two names), each copy gets its own."""
     if issubclass(linear_class, LoraLinear):
         return linear_class
-    made = linear_class.__dict__.get("_lora_subclass")  # this class's own, never a base class's
-    if made is None:
-        made = type(f"Lora{linear_class.__name__}", (LoraLinear, linear_class), {"base_linear": linear_class})
-        linear_class._lora_subclass = made
-    return made
+    made_for = linear_class.__dict__.get("_lora_subclasses")  # this class's own, never a base class's
+    if made_for is None:
+        made_for = {}
+        linear_class._lora_subclasses = made_for
+    if LoraLinear not in made_for:
+        made_for[LoraLinear] = type(
+            f"Lora{linear_class.__name__}", (LoraLinear, linear_class), {"base_linear": linear_class}
+        )
+    return made_for[LoraLinear]

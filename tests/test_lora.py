@@ -411,3 +411,22 @@ def test_without_alpha_the_delta_is_strength_times_up_at_down(tiny_root, tmp_pat
         delta = model.proj_out(x) - base
     down, up, _ = lora.pairs["proj_out"]
     assert relative_error(delta, x @ (0.7 * up @ down).T) <= 1e-5
+
+
+def test_each_copy_of_the_package_gets_lora_classes_of_its_own_mixin(pack):
+    """The tests import the pack twice (as `models` and under the pack's folder name). The LoRA subclass of a layer
+    class is kept on that class, so both copies must find their own there: a class made by the other copy does not
+    count as a LoraLinear here, and detaching would leave it in place (seen as "'LoraLinear' object has no
+    attribute 'lora_down'" in Bert after a text-encoder LoRA, in one random order)."""
+    import importlib
+
+    from torch import nn
+
+    from models import ops
+
+    other = importlib.import_module(f"{pack.__name__}.models.ops")
+    assert other is not ops and other.LoraLinear is not ops.LoraLinear
+    for first, second in ((ops, other), (other, ops)):
+        made = first.lora_class(nn.Linear), second.lora_class(nn.Linear)
+        assert issubclass(made[0], first.LoraLinear) and issubclass(made[1], second.LoraLinear)
+        assert first.lora_class(nn.Linear) is made[0]  # one class per copy, not one per call

@@ -29,9 +29,10 @@ import torch
 from torch import nn
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-for _path in (REPO_ROOT, REPO_ROOT / "benchmarks"):
+for _path in (REPO_ROOT, REPO_ROOT / "benchmarks", REPO_ROOT / "tools"):
     sys.path.insert(0, str(_path))
 
+from tiny_checkpoints import tiny_transformer_params  # noqa: E402  (tools/tiny_checkpoints.py)
 from transformer import analytic_flops  # noqa: E402  (benchmarks/transformer.py)
 
 from models import defaults, memory  # noqa: E402
@@ -90,17 +91,7 @@ def gpu_setup(blocks: int) -> Setup:
 def tiny_setup() -> Setup:
     models = {}
     for size, layers in (("12b", 6), ("7b", 4)):
-        params = TransformerParams(
-            in_channels=16,
-            num_layers=layers,
-            mmdit_layers=layers if size == "12b" else 2,
-            text_embed_dim=64,
-            text_embed_dim_t5=None,
-            add_norm_text_encoder=True,
-            num_attention_heads=2,
-            attention_head_dim=16,
-            time_embed_dim=24,
-        )
+        params = tiny_transformer_params(num_layers=layers, mmdit_layers=layers if size == "12b" else 2)
         models[size] = ("v5.1", size, params)
     reserve, mib = memory.CUDA_RESERVE, 1024**2
     # tiny cards and forced modes: every kind of plan runs (the VAE decode estimate dominates tiny cards otherwise)

@@ -4,22 +4,13 @@ tests/test_gpu.py."""
 
 import pytest
 import torch
+from tiny_checkpoints import tiny_transformer_params
 
 from models import attention as attn
 from models import ops as cast_ops
-from models.transformer import EasyAnimateTransformer, TransformerParams
+from models.transformer import EasyAnimateTransformer
 
-PARAMS = TransformerParams(
-    in_channels=16,
-    num_layers=3,
-    mmdit_layers=2,
-    text_embed_dim=64,
-    text_embed_dim_t5=None,
-    add_norm_text_encoder=True,
-    num_attention_heads=2,
-    attention_head_dim=16,
-    time_embed_dim=24,
-)
+PARAMS = tiny_transformer_params(num_layers=3, mmdit_layers=2)
 
 
 def _qkv(dtype=torch.float32, seed=0):

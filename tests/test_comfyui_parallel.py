@@ -2,24 +2,13 @@
 
 import numpy as np
 from PIL import Image
+from test_comfyui_video import sampler_inputs
 
 MODEL = "tiny-EasyAnimateV5.1-12b-zh"
 
 
 def graph(devices=None, steps=3, width=80, height=48, frames=5, seed=4, prefix="parallel", cfg_parallel=False):
-    sampler = {
-        "model": ["1", 0],
-        "embeddings": ["2", 0],
-        "width": width,
-        "height": height,
-        "frames": frames,
-        "steps": steps,
-        "cfg": 6.0,
-        "seed": seed,
-        "scheduler": "auto",
-        "teacache_threshold": 0.0,
-        "teacache_skip_start": 0,
-    }
+    sampler = sampler_inputs(width, height, frames, steps, seed)
     prompt = {
         "1": {
             "class_type": "EasyAnimateModelLoader",

@@ -22,18 +22,9 @@ CONTROL_DEFAULTS = {
 }
 
 
-def graph(
-    model,
-    seed=1,
-    frames=FRAMES,
-    steps=2,
-    width=WIDTH,
-    height=HEIGHT,
-    prefix="t2v",
-    sampler_extra=None,
-    extra_nodes=None,
-):
-    sampler_inputs = {
+def sampler_inputs(width, height, frames, steps, seed) -> dict:
+    """The sampler's inputs in an API prompt whose loader is node "1" and prompt encoder node "2"."""
+    return {
         "model": ["1", 0],
         "embeddings": ["2", 0],
         "width": width,
@@ -46,7 +37,20 @@ def graph(
         "teacache_threshold": 0.0,
         "teacache_skip_start": 0,
     }
-    sampler_inputs.update(sampler_extra or {})
+
+
+def graph(
+    model,
+    seed=1,
+    frames=FRAMES,
+    steps=2,
+    width=WIDTH,
+    height=HEIGHT,
+    prefix="t2v",
+    sampler_extra=None,
+    extra_nodes=None,
+):
+    sampler = {**sampler_inputs(width, height, frames, steps, seed), **(sampler_extra or {})}
     prompt = {
         "1": {
             "class_type": "EasyAnimateModelLoader",
@@ -56,7 +60,7 @@ def graph(
             "class_type": "EasyAnimatePromptEncode",
             "inputs": {"model": ["1", 0], "prompt": "a red fox running in snow", "negative_prompt": "blurry"},
         },
-        "3": {"class_type": "EasyAnimateVideoSampler", "inputs": sampler_inputs},
+        "3": {"class_type": "EasyAnimateVideoSampler", "inputs": sampler},
         "4": {"class_type": "EasyAnimateVAEDecode", "inputs": {"model": ["1", 0], "latents": ["3", 0]}},
         "5": {"class_type": "CreateVideo", "inputs": {"images": ["4", 0], "fps": ["4", 2]}},
         "6": {

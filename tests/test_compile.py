@@ -7,24 +7,15 @@ AOT graph, no code generation) or a counting backend that runs the captured grap
 """
 
 import torch
+from tiny_checkpoints import tiny_transformer_params
 from torch import nn
 
 from models import ops as cast_ops
 from models.compile import compile_blocks, uncompile_blocks
 from models.offload import BlockSwap, OffloadStats
-from models.transformer import EasyAnimateTransformer, TransformerParams
+from models.transformer import EasyAnimateTransformer
 
-PARAMS = TransformerParams(
-    in_channels=16,
-    num_layers=4,
-    mmdit_layers=2,
-    text_embed_dim=64,
-    text_embed_dim_t5=None,
-    add_norm_text_encoder=True,
-    num_attention_heads=2,
-    attention_head_dim=16,
-    time_embed_dim=24,
-)
+PARAMS = tiny_transformer_params(num_layers=4, mmdit_layers=2)
 
 
 def _model(ops=None, seed=0):

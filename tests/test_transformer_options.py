@@ -8,8 +8,9 @@ import inspect
 
 import pytest
 import torch
+from tiny_checkpoints import tiny_transformer_params
 
-from models.transformer import EasyAnimateTransformer, TransformerParams
+from models.transformer import EasyAnimateTransformer
 from models.transformer_options import NO_OPTIONS, TransformerOptions
 
 LAYERS = 4
@@ -18,21 +19,7 @@ RUNTIME_NAMES = {"teacache", "step_index", "interrupt", "parallel"}
 
 def tiny_model() -> EasyAnimateTransformer:
     torch.manual_seed(0)
-    params = TransformerParams.from_config(
-        dict(
-            in_channels=16,
-            num_layers=LAYERS,
-            mmdit_layers=LAYERS,
-            out_channels=16,
-            num_attention_heads=2,
-            attention_head_dim=16,
-            time_embed_dim=24,
-            patch_size=2,
-            text_embed_dim=64,
-            text_embed_dim_t5=None,
-            add_norm_text_encoder=True,
-        )
-    )
+    params = tiny_transformer_params(num_layers=LAYERS, mmdit_layers=LAYERS)
     return EasyAnimateTransformer(params).eval()
 
 

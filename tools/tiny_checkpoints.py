@@ -112,6 +112,16 @@ def tiny_transformer_config(version: str, size: str, kind: str) -> dict:
     return config
 
 
+def tiny_transformer_params(num_layers: int, mmdit_layers: int, **changes):
+    """`TransformerParams` of the tiny V5.1 text-to-video transformer at another depth, for tests and benchmarks that
+    build a model in memory (`changes`: other config fields, such as `num_attention_heads`)."""
+    from models.transformer import TransformerParams
+
+    config = tiny_transformer_config("v5.1", "12b", "t2v")
+    config.update(num_layers=num_layers, mmdit_layers=mmdit_layers, **changes)
+    return TransformerParams.from_config(config)
+
+
 def tiny_vae_config(version: str) -> dict:
     from models.variants import released_vae_config
 

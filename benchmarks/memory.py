@@ -52,7 +52,6 @@ def write_checkpoint(path: Path, blocks: int) -> None:
 
 
 def _child(folder: str, blocks: int, how: str) -> None:
-
     import torch
 
     sys.path.insert(0, str(REPO_ROOT))

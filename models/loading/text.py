@@ -153,13 +153,23 @@ def text_encoder_files(model_dir: str | Path, version: str) -> tuple[StreamFiles
 # -- building and filling the encoders --------------------------------------------------------------------------------
 
 
-def _fp8_linears(model: nn.Module, prefix: str, skip_suffixes: tuple[str, ...] = ()) -> list[str]:
-    """Module names of the plain Linear layers under `prefix` that may hold fp8 weights (embeddings and norms stay in
-    the compute dtype)."""
+# The Linear layers an fp8 text storage holds in fp8, per stream: (module prefix, layer names). T5's attention and
+# feed-forward inputs, `wo` excepted (T5's feed-forward casts its activations to wo.weight's dtype); every Linear of
+# Qwen2-VL's text layers. Bert, embeddings and norms stay in the compute dtype. The loaders pick these modules and the
+# memory plan prices them (text_weight_bytes) from this one table.
+_FP8_LINEARS = {
+    "t5": ("encoder.", frozenset({"q", "k", "v", "o", "wi", "wi_0", "wi_1"})),
+    "qwen": ("layers.", frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})),
+}
+
+
+def _fp8_linears(model: nn.Module, stream: str) -> list[str]:
+    """Module names of the plain Linear layers of `stream`'s model that hold fp8 weights (_FP8_LINEARS)."""
+    prefix, layer_names = _FP8_LINEARS[stream]
     return [
         name
         for name, module in model.named_modules()
-        if name.startswith(prefix) and type(module) is nn.Linear and not name.endswith(skip_suffixes)
+        if name.startswith(prefix) and type(module) is nn.Linear and name.rpartition(".")[2] in layer_names
     ]
 
 
@@ -246,8 +256,7 @@ def _load_t5(files: StreamFiles, dtype, storage_dtype, device) -> nn.Module:
     config._attn_implementation = "eager"
     with torch.device("meta"):
         model = (MT5EncoderModel if config.model_type == "mt5" else T5EncoderModel)(config)
-    # `wo` stays in compute dtype: T5's feed-forward casts its activations to wo.weight's dtype.
-    fp8_layers = _fp8_linears(model, "encoder.", (".wo",)) if storage_dtype is not None else []
+    fp8_layers = _fp8_linears(model, "t5") if storage_dtype is not None else []
     return _stream_in(model, files, lambda key: key, dtype, storage_dtype, fp8_layers, device)
 
 
@@ -289,17 +298,8 @@ def _load_qwen(files: StreamFiles, dtype, storage_dtype, device) -> nn.Module:
             if isinstance(module, rotary):
                 owner, _, attr = name.rpartition(".")
                 setattr(model.get_submodule(owner) if owner else model, attr, rotary(config=text_config))
-    fp8_layers = _fp8_linears(model, "layers.") if storage_dtype is not None else []
+    fp8_layers = _fp8_linears(model, "qwen") if storage_dtype is not None else []
     return _stream_in(model, files, _qwen_checkpoint_to_text_model, dtype, storage_dtype, fp8_layers, device)
-
-
-# The Linear layers an fp8 text storage holds in fp8, by checkpoint name (the modules `_fp8_linears` picks in the
-# built models: T5's attention and feed-forward inputs, `wo` excepted; every Linear of Qwen2-VL's text layers).
-# tests/test_loading.py checks the two agree on the tiny checkpoints.
-_FP8_LINEARS = {
-    "t5": ("encoder.", {"q", "k", "v", "o", "wi", "wi_0", "wi_1"}),
-    "qwen": ("layers.", {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}),
-}
 
 
 def _qwen_unread(files: StreamFiles) -> tuple[str, ...]:
